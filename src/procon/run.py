@@ -1,0 +1,332 @@
+"""Training runs: the YAML run config, model loading and the ProCon-constrained LoRA pipeline.
+
+    procon train --config configs/toy_attack.yaml --method procon_wu_safe --out runs/x
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from procon.chat import encode_example, require_chat_template
+from procon.data import load_pairs, load_prompts
+from procon.errors import InputError
+from procon.io import atomic_write_text, sha256_file, staged_dir
+from procon.residual import parse_layer_set
+
+logger = logging.getLogger(__name__)
+
+TOY_SOURCE = "toy"  # a data source name that means "take this split from the built-in toy world"
+
+
+@dataclass
+class DataSource:
+    path: str
+    prompt_field: str | None = None
+    response_field: str | None = None
+    limit: int | None = None
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainingSettings:
+    learning_rate: float = 2e-4
+    epochs: float = 10
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    seed: int = 0
+    logging_steps: int = 10
+    save_every_epoch: bool = True
+    report_to: list[str] = field(default_factory=list)
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Everything one `procon train` run needs; the YAML file mirrors these fields."""
+
+    model: str = ""
+    output_dir: str = "runs/train"
+    method: str = "procon_wu_safe"
+    alpha: float | None = None
+    warmup_epochs: int = 1
+    layers: str = "paper+output"
+    directions: str | None = None
+    direction_harmful: str | None = None
+    direction_harmless: str | None = None
+    train_data: list[DataSource] = field(default_factory=list)
+    safety_data: str | None = None
+    safety_samples: int = 1000
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    def validate(self, source: str = "config") -> None:
+        from procon.trainer import METHODS
+
+        if not self.model:
+            raise InputError(f"{source}: field 'model' is missing; expected a model directory or hub id")
+        if self.method not in METHODS:
+            raise InputError(f"{source}: field 'method' is {self.method!r}; expected one of {', '.join(METHODS)}")
+        if not self.train_data:
+            raise InputError(f"{source}: field 'train_data' is empty; expected at least one data file")
+        if self.method == "procon_wu_safe" and not self.safety_data:
+            raise InputError(f"{source}: method procon_wu_safe needs field 'safety_data' "
+                             "(a file of harmful instruction -> refusal pairs, or 'toy')")
+        if self.method != "vanilla" and not self.directions and not (self.direction_harmful and self.direction_harmless):
+            raise InputError(f"{source}: method {self.method} needs field 'directions' or both "
+                             "'direction_harmful' and 'direction_harmless'")
+        if isinstance(self.layers, list):
+            self.layers = ",".join(str(p) for p in self.layers)
+        try:
+            parse_layer_set(str(self.layers))
+        except ValueError as exc:
+            raise InputError(f"{source}: {exc}") from None
+        if self.safety_samples < 0:
+            raise InputError(f"{source}: field 'safety_samples' is {self.safety_samples}; expected >= 0")
+        if self.training.epochs <= 0 or self.training.batch_size < 1 or self.training.learning_rate <= 0:
+            raise InputError(f"{source}: training.epochs, training.batch_size and training.learning_rate "
+                             "must be positive")
+
+
+def _build(cls, values: Any, where: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys with their full name."""
+    if not isinstance(values, dict):
+        raise InputError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise InputError(f"{where}: unknown field '{key}'; expected one of {', '.join(known)}")
+        if key == "lora":
+            value = _build(LoraSettings, value, f"{where}.lora")
+        elif key == "training":
+            value = _build(TrainingSettings, value, f"{where}.training")
+        elif key == "train_data":
+            items = value if isinstance(value, list) else [value]
+            value = [_build(DataSource, {"path": v} if isinstance(v, str) else v, f"{where}.train_data[{i}]")
+                     for i, v in enumerate(items)]
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_run_config(path: str | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config and apply dotted-key overrides such as {'training.epochs': 3}."""
+    values: dict[str, Any] = {}
+    source = path or "command line"
+    if path:
+        config_path = Path(path)
+        if not config_path.is_file():
+            raise InputError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f"line {mark.line + 1}: " if mark else ""
+            raise InputError(f"{path}: {line}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: expected a mapping of fields at the top level")
+    for dotted, value in (overrides or {}).items():
+        target = values
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+    config = _build(RunConfig, values, source)
+    config.validate(source)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `key.sub=value` with the value read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise InputError(f"--set {text}: expected KEY=VALUE, for example training.epochs=3")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_model(model_id: str, dtype: torch.dtype = torch.float32):
+    """Load a causal LM and its tokenizer with transformers, as any user's checkpoint would be."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(model_id).exists() and ("/" not in model_id or model_id.startswith((".", "/"))):
+        raise InputError(f"{model_id}: model directory not found")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{model_id}: cannot load model ({first_line})") from None
+    require_chat_template(tokenizer, model_id)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_adapter(model, adapter: str):
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise InputError(f"{adapter}: adapter_config.json not found; expected a PEFT adapter directory")
+    return PeftModel.from_pretrained(model, adapter)
+
+
+def toy_split(name: str) -> list[dict]:
+    from procon.toy.world import build_world
+
+    return getattr(build_world(), name)
+
+
+def training_pairs(config: RunConfig) -> tuple[list[dict], list[dict]]:
+    """Return (task and attack pairs, safety pairs) as prompt/response rows."""
+    pairs: list[dict] = []
+    for item in config.train_data:
+        pairs += load_pairs(item.path, item.prompt_field, item.response_field, limit=item.limit)
+    safety: list[dict] = []
+    if config.safety_data and config.safety_samples > 0:
+        if config.safety_data == TOY_SOURCE:
+            safety = toy_split("safety")
+        else:
+            safety = load_pairs(config.safety_data)
+        safety = safety[:config.safety_samples]
+    return pairs, safety
+
+
+def resolve_directions(config: RunConfig, model, tokenizer, progress: bool = True):
+    from procon.directions import Directions, extract_directions
+
+    if config.directions:
+        directions = Directions.load(config.directions)
+        source = config.directions
+    else:
+        harmful = load_prompts(config.direction_harmful)
+        harmless = load_prompts(config.direction_harmless)
+        directions, _ = extract_directions(model, tokenizer, harmful, harmless, progress=progress)
+        source = f"{config.direction_harmful} vs {config.direction_harmless}"
+    directions.check_model(model, source)
+    return directions
+
+
+def train(config: RunConfig, progress: bool = True) -> Path:
+    """Run one LoRA fine-tuning job and write adapter, resolved config and metrics.
+
+    Output goes to a temporary directory renamed to `config.output_dir` only when training
+    finished, so a failed run leaves nothing half-written.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    from procon.directions import Directions
+    from procon.residual import num_positions, resolve_positions
+    from procon.trainer import Anchors, ProConConfig, ProConTrainer, anchors_key, record_anchors
+
+    start = time.time()
+    set_seed(config.training.seed)
+    model, tokenizer = load_model(config.model)
+    pairs, safety = training_pairs(config)
+    rows = pairs + safety
+    encoded = []
+    for index, row in enumerate(rows):
+        example = encode_example(tokenizer, row["prompt"], row["response"], config.training.max_length)
+        example["sample_index"] = index
+        encoded.append(example)
+    logger.info("training data: %d pairs + %d safety samples", len(pairs), len(safety))
+
+    if config.method != "vanilla":
+        directions = resolve_directions(config, model, tokenizer, progress)
+    else:
+        directions = Directions(vectors=torch.zeros(num_positions(model), model.config.hidden_size))
+    try:
+        positions = resolve_positions(parse_layer_set(str(config.layers)), num_positions(model))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise InputError(f"lora.target_modules: {exc}") from None
+
+    out = Path(config.output_dir)
+    with staged_dir(out) as stage:
+        anchors = None
+        if config.method != "vanilla":
+            key = anchors_key(config.model, directions.vectors, positions, encoded)
+            cache = out.parent / ".anchors" / f"{key}.safetensors"
+            if cache.is_file():
+                anchors = Anchors.load(cache)
+                logger.info("anchors reused from %s", cache)
+            else:
+                anchors = record_anchors(model, encoded, directions.vectors, positions, tokenizer.pad_token_id,
+                                         batch_size=config.training.batch_size * 2, progress=progress)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                anchors.save(cache)
+
+        args = ProConConfig(
+            output_dir=str(stage / "checkpoints"),
+            procon_method=config.method,
+            procon_alpha=config.alpha,
+            procon_warmup_epochs=config.warmup_epochs,
+            procon_layers=config.layers,
+            learning_rate=config.training.learning_rate,
+            num_train_epochs=config.training.epochs,
+            per_device_train_batch_size=config.training.batch_size,
+            gradient_accumulation_steps=config.training.gradient_accumulation_steps,
+            logging_steps=config.training.logging_steps,
+            save_strategy="epoch" if config.training.save_every_epoch else "no",
+            save_only_model=True,
+            report_to=config.training.report_to,
+            seed=config.training.seed,
+            gradient_checkpointing=config.training.gradient_checkpointing,
+            bf16=config.training.bf16,
+            disable_tqdm=not progress,
+            use_cpu=not torch.cuda.is_available(),
+        )
+        from procon.chat import ChatCollator
+
+        trainer = ProConTrainer(model=model, args=args, train_dataset=encoded,
+                                data_collator=ChatCollator(tokenizer.pad_token_id),
+                                directions=directions.vectors, anchors=anchors)
+        trainer.train()
+        model.save_pretrained(stage / "adapter")
+        tokenizer.save_pretrained(stage / "adapter")
+        resolved = dataclasses.asdict(config)
+        resolved["resolved_alpha"] = args.procon_alpha
+        resolved["positions"] = positions
+        resolved["data"] = {"pairs": len(pairs), "safety_samples": len(safety),
+                            "files": {item.path: _file_hash(item.path) for item in config.train_data}}
+        atomic_write_text(stage / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        history = "\n".join(json.dumps(entry) for entry in trainer.state.log_history) + "\n"
+        atomic_write_text(stage / "metrics.jsonl", history)
+        if directions is not None and config.method != "vanilla":
+            directions.save(stage / "directions")
+        logger.info("training finished in %.1f s", time.time() - start)
+    return out
+
+
+def _file_hash(path: str) -> str | None:
+    return sha256_file(path) if Path(path).is_file() else None
+
+
+def epoch_checkpoints(run_dir: Path) -> list[Path]:
+    """Per-epoch adapter checkpoints of a run, in training order."""
+    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [c for c in checkpoints if (c / "adapter_config.json").is_file()]
+
