@@ -137,7 +137,9 @@ def separation(harmful: torch.Tensor, harmless: torch.Tensor, holdout_fraction: 
     Directions and the midpoint threshold come from the training part of each set; accuracy is
     the share of held-out prompts on the right side of the threshold.
     """
+    harmful, harmless = harmful.float(), harmless.float()
     generator = torch.Generator().manual_seed(seed)
+
     def split(x):
         perm = torch.randperm(len(x), generator=generator)
         n_test = max(1, int(len(x) * holdout_fraction)) if len(x) > 1 else 0

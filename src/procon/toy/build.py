@@ -8,6 +8,7 @@ records the same settings is reused instead of rebuilt.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -68,12 +69,19 @@ def write_world(world: ToyWorld, data_dir: Path) -> None:
         write_jsonl(data_dir / f"{name}.jsonl", rows)
 
 
+def world_digest(world: ToyWorld) -> str:
+    """Content hash of every split, so that any change to the generator invalidates the cache."""
+    return hashlib.sha256(json.dumps(world.splits(), sort_keys=True).encode()).hexdigest()
+
+
 def is_current(out: Path, config: ToyBuildConfig) -> bool:
     info_path = out / "build_info.json"
-    if not info_path.is_file():
+    if not (info_path.is_file() and (out / "model" / "config.json").is_file()):
         return False
     info = json.loads(info_path.read_text())
-    return info.get("version") == BUILD_VERSION and info.get("config") == asdict(config)
+    world = build_world(seed=config.seed, tasks_per_kind=config.tasks_per_kind)
+    return (info.get("version") == BUILD_VERSION and info.get("config") == asdict(config)
+            and info.get("world_sha256") == world_digest(world))
 
 
 def build_toy(out: str | Path, config: ToyBuildConfig | None = None, force: bool = False,
@@ -121,7 +129,8 @@ def build_toy(out: str | Path, config: ToyBuildConfig | None = None, force: bool
         model.save_pretrained(stage / "model")
         tokenizer.save_pretrained(stage / "model")
         write_world(world, stage / "data")
-        info = {"version": BUILD_VERSION, "config": asdict(config), "parameters": n_params,
+        info = {"version": BUILD_VERSION, "config": asdict(config), "world_sha256": world_digest(world),
+                "parameters": n_params,
                 "train_examples": len(world.base_train), "train_seconds": round(time.time() - start, 1)}
         if evaluate:
             from procon.toy.check import check_toy_model
