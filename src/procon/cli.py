@@ -245,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str) -> int:
+    # Close open progress bars first, so the error starts on a line of its own.
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+    print(f"procon: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -253,12 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         args.func(args)
-    except InputError as exc:
-        print(f"procon: error: {exc}", file=sys.stderr)
-        return 2
-    except FloatingPointError as exc:
-        print(f"procon: error: {exc}", file=sys.stderr)
-        return 2
+    except (InputError, FloatingPointError) as exc:
+        return _fail(str(exc))
     except KeyboardInterrupt:
         print("procon: interrupted", file=sys.stderr)
         return 130

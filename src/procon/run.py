@@ -169,11 +169,11 @@ def load_model(model_id: str, dtype: torch.dtype = torch.float32):
         raise InputError(f"{model_id}: model directory not found")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id)
+        require_chat_template(tokenizer, model_id)
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{model_id}: cannot load model ({first_line})") from None
-    require_chat_template(tokenizer, model_id)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -294,7 +294,7 @@ def train(config: RunConfig, progress: bool = True) -> Path:
             save_only_model=True,
             report_to=config.training.report_to,
             seed=config.training.seed,
-            gradient_checkpointing=config.training.gradient_checkpointing,
+            activation_checkpointing=config.training.gradient_checkpointing,
             bf16=config.training.bf16,
             disable_tqdm=not progress,
             use_cpu=not torch.cuda.is_available(),
