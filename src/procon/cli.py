@@ -76,7 +76,6 @@ def cmd_direction(args) -> None:
 def cmd_train(args) -> None:
     from procon.run import load_run_config, parse_override, train
 
-    overrides = dict(parse_override(item) for item in args.set or [])
     flag_fields = {
         "model": args.model, "output_dir": args.out, "method": args.method, "alpha": args.alpha,
         "warmup_epochs": args.warmup_epochs, "layers": args.layers, "directions": args.directions,
@@ -86,7 +85,9 @@ def cmd_train(args) -> None:
         "training.seed": args.seed, "lora.r": args.lora_r, "lora.alpha": args.lora_alpha,
         "train_data": args.train_data,
     }
-    overrides.update({key: value for key, value in flag_fields.items() if value is not None})
+    # Flags first, then --set, so that --set can refine a list given by a flag (train_data.0.limit).
+    overrides = {key: value for key, value in flag_fields.items() if value is not None}
+    overrides.update(parse_override(item) for item in args.set or [])
     config = load_run_config(args.config, overrides)
     out = train(config)
     print(f"adapter: {out / 'adapter'}")

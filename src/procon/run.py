@@ -143,14 +143,35 @@ def load_run_config(path: str | None, overrides: dict[str, Any] | None = None) -
         if not isinstance(values, dict):
             raise InputError(f"{path}: expected a mapping of fields at the top level")
     for dotted, value in (overrides or {}).items():
-        target = values
-        keys = dotted.split(".")
-        for key in keys[:-1]:
-            target = target.setdefault(key, {})
-        target[keys[-1]] = value
+        _apply_override(values, dotted, value)
     config = _build(RunConfig, values, source)
     config.validate(source)
     return config
+
+
+def _apply_override(values: dict, dotted: str, value: Any) -> None:
+    """Set `values[a][b]...` for the key 'a.b...'; a numeric part indexes a list such as train_data."""
+    target: Any = values
+    keys = dotted.split(".")
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(target, list):
+            if not key.isdigit() or int(key) >= len(target):
+                raise InputError(f"--set {dotted}: index {key!r} is out of range; the list has {len(target)} items")
+            index = int(key)
+            if last:
+                target[index] = value
+            else:
+                if isinstance(target[index], str):  # a bare path in train_data
+                    target[index] = {"path": target[index]}
+                target = target[index]
+        elif isinstance(target, dict):
+            if last:
+                target[key] = value
+            else:
+                target = target.setdefault(key, {})
+        else:
+            raise InputError(f"--set {dotted}: '{keys[depth - 1]}' is not a mapping or list")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
