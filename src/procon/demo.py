@@ -39,6 +39,8 @@ class DemoSettings:
     layers: str = "paper+output"
     max_new_tokens: int = 32
     seed: int = 0
+    eval_limit: int | None = None  # first N prompts of each evaluation set; None = all (tests use a few)
+    check_toy: bool = True  # measure the freshly built toy model against its targets
 
 
 METHOD_LABELS = {"vanilla": "vanilla", "safety_mix": "safety data only (SafeInstr)", "procon": "ProCon^s",
@@ -76,7 +78,7 @@ def _load_rows(path: Path) -> list[dict]:
 
 
 def run_demo(out: Path, toy_dir: Path, methods: list[str] | None = None, epochs: int | None = None,
-             settings: DemoSettings | None = None) -> dict:
+             settings: DemoSettings | None = None, toy_config=None) -> dict:
     """Run the demo and return summary.json's content."""
     from procon.directions import extract_directions
     from procon.drift import measure_drift, min_cos, write_drift
@@ -97,7 +99,7 @@ def run_demo(out: Path, toy_dir: Path, methods: list[str] | None = None, epochs:
     torch.manual_seed(settings.seed)
 
     logger.info("step 1/4: toy model in %s", toy_dir)
-    build_toy(toy_dir)
+    build_toy(toy_dir, toy_config, evaluate=settings.check_toy)
     data = toy_dir / "data"
     model, tokenizer = load_model(str(toy_dir / "model"))
     harmful_dir = [r["prompt"] for r in _load_rows(data / "direction_harmful.jsonl")]
@@ -106,6 +108,9 @@ def run_demo(out: Path, toy_dir: Path, methods: list[str] | None = None, epochs:
     eval_benign = [r["prompt"] for r in _load_rows(data / "eval_benign.jsonl")]
     eval_benign += [r["prompt"] for r in _load_rows(data / "eval_sensitive.jsonl")]
     skill_test = _load_rows(data / "skill_test.jsonl")
+    if settings.eval_limit:
+        eval_harmful, eval_benign, skill_test = (rows[:settings.eval_limit]
+                                                 for rows in (eval_harmful, eval_benign, skill_test))
 
     with staged_dir(out) as stage:
         logger.info("step 2/4: refusal directions from %d harmful and %d harmless prompts",

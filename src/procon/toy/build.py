@@ -114,9 +114,6 @@ def build_toy(out: str | Path, config: ToyBuildConfig | None = None, force: bool
             num_train_epochs=config.epochs,
             learning_rate=config.learning_rate,
             lr_scheduler_type="cosine",
-            # Batches of similar lengths waste little compute on padding: task examples are
-            # much shorter than chat ones.
-            train_sampling_strategy="group_by_length",
             warmup_steps=0.05,
             weight_decay=0.01,
             logging_steps=50,
