@@ -41,7 +41,7 @@ class ToyBuildConfig:
     batch_size: int = 32
     learning_rate: float = 2e-3
     max_length: int = 64
-    tasks_per_kind: int = 1500
+    tasks_per_kind: int = 1000
 
 
 class EncodedDataset(Dataset):
