@@ -37,7 +37,7 @@ class ToyBuildConfig:
     hidden_size: int = 192
     num_layers: int = 4
     num_heads: int = 4
-    epochs: float = 3.0
+    epochs: float = 4.0
     batch_size: int = 32
     learning_rate: float = 2e-3
     max_length: int = 64
