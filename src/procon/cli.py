@@ -166,7 +166,11 @@ def cmd_eval(args) -> None:
 def cmd_demo(args) -> None:
     from procon.demo import run_demo
 
-    run_demo(out=Path(args.out), toy_dir=Path(args.toy_dir), methods=args.methods, epochs=args.epochs)
+    from procon.demo import DemoSettings
+
+    settings = DemoSettings(seed=args.seed, layers=args.layers)
+    run_demo(out=Path(args.out), toy_dir=Path(args.toy_dir), methods=args.methods, epochs=args.epochs,
+             settings=settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,8 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="toy model end to end: vanilla vs ProCon under a fine-tuning attack")
     demo.add_argument("--out", default="runs/demo", help="output directory")
     demo.add_argument("--toy-dir", default="runs/toy", help="where the toy model is built or cached")
-    demo.add_argument("--methods", nargs="+", default=["vanilla", "procon", "procon_wu", "procon_wu_safe"])
-    demo.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the demo's own)")
+    demo.add_argument("--methods", nargs="+", default=["vanilla", "procon", "procon_wu", "procon_wu_safe"],
+                      help="methods to compare; safety_mix is vanilla tuning with the safety pairs mixed in")
+    demo.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: 5)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of LoRA initialisation and data order")
+    demo.add_argument("--layers", default="paper+output", help="anchored positions: paper, paper+output, last")
     demo.set_defaults(func=cmd_demo)
     return parser
 
