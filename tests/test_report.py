@@ -168,3 +168,22 @@ def test_heatmap_rejects_bad_shapes(tmp_path):
         plot_heatmap([[1.0, 2.0]], ["a"], ["0", "1"], path, title="range", vmin=2.0, vmax=1.0)
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_readable_like_plain_files(tmp_path):
+    import os
+    import stat
+
+    from procon.io import atomic_write_text, staged_dir
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        plot_heatmap([[0.5]], ["r"], [0], tmp_path / "h.png", title="t")
+        with staged_dir(tmp_path / "d") as stage:
+            (stage / "f").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "h.png").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

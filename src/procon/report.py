@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from procon.io import make_public
+
 MISSING = "n/a"
 ANNOTATION_MAX_CELLS = 200
 
@@ -200,6 +202,7 @@ def _save_png_atomically(figure, path: Path) -> None:
     os.close(fd)
     try:
         figure.savefig(tmp, format="png", dpi=120)
+        make_public(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
