@@ -186,3 +186,71 @@ def test_nan_loss_stops_cleanly(capsys, tmp_path, tiny_model_dir, toy_data):
                            "--train-data", toy_data / "attack.jsonl", "--epochs", 1, "--out", tmp_path / "out")
     _assert_one_line_error(code, err, "loss is nan")
     assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_never_replaces_user_folder(capsys, tmp_path, tiny_model_dir, toy_data):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("keep me")
+    code, _, err = run_cli(capsys, "eval", "--model", tiny_model_dir, "--harmful", toy_data / "eval_harmful.jsonl",
+                           "--harmful-limit", 2, "--max-new-tokens", 2, "--out", precious)
+    _assert_one_line_error(code, err, "precious", "was not written by procon")
+    assert (precious / "thesis.txt").read_text() == "keep me"
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = run_cli(capsys, "eval", "--model", tiny_model_dir, "--harmful", toy_data / "eval_harmful.jsonl",
+                           "--out", afile)
+    _assert_one_line_error(code, err, "afile", "is not a directory")
+    assert afile.read_text() == "x"
+
+
+def test_output_dir_replaced_when_written_by_procon(capsys, tmp_path, tiny_model_dir, toy_data):
+    args = ["eval", "--model", tiny_model_dir, "--harmful", toy_data / "eval_harmful.jsonl", "--harmful-limit", 2,
+            "--max-new-tokens", 2, "--out", tmp_path / "ev"]
+    assert run_cli(capsys, *args)[0] == 0
+    assert (tmp_path / "ev" / ".procon-output").is_file()
+    assert run_cli(capsys, *args)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"]
+
+
+def test_adapter_without_weights(capsys, tmp_path, tiny_model_dir, toy_data):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    code, _, err = run_cli(capsys, "eval", "--model", tiny_model_dir, "--adapter", adapter,
+                           "--harmful", toy_data / "eval_harmful.jsonl", "--out", tmp_path / "out")
+    _assert_one_line_error(code, err, "adapter_model.safetensors not found")
+
+
+def test_nan_directions_rejected(capsys, tmp_path, tiny_model_dir, toy_data):
+    bad = tmp_path / "nan_dirs"
+    bad.mkdir()
+    save_file({"directions": torch.full((3, 32), float("nan"))}, str(bad / "directions.safetensors"))
+    config = _train_config(tmp_path, tiny_model_dir, toy_data, "procon", directions=str(bad))
+    code, _, err = run_cli(capsys, "train", "--config", config, "--out", tmp_path / "out")
+    _assert_one_line_error(code, err, "nan_dirs", "NaN or inf")
+
+
+def test_zero_directions_rejected(capsys, tmp_path, tiny_model_dir, toy_data):
+    zero = tmp_path / "zero_dirs"
+    zero.mkdir()
+    save_file({"directions": torch.zeros(3, 32)}, str(zero / "directions.safetensors"))
+    config = _train_config(tmp_path, tiny_model_dir, toy_data, "procon", directions=str(zero))
+    code, _, err = run_cli(capsys, "train", "--config", config, "--out", tmp_path / "out")
+    _assert_one_line_error(code, err, "every position has a zero direction")
+
+
+def test_batch_size_zero_rejected(capsys, tmp_path, tiny_model_dir, toy_data):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["direction", "--model", str(tiny_model_dir), "--harmful", str(toy_data / "eval_harmful.jsonl"),
+              "--harmless", str(toy_data / "eval_benign.jsonl"), "--batch-size", "0", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "0 is invalid; expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_prompts_longer_than_max_length(capsys, tmp_path, tiny_model_dir, toy_data):
+    code, _, err = run_cli(capsys, "train", "--model", tiny_model_dir, "--method", "vanilla",
+                           "--train-data", toy_data / "attack.jsonl", "--set", "training.max_length=8",
+                           "--out", tmp_path / "out")
+    _assert_one_line_error(code, err, "attack.jsonl: example 1", "raise training.max_length")

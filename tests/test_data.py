@@ -281,7 +281,7 @@ def test_unknown_field_lists_available(tmp_path):
     with pytest.raises(InputError) as error:
         load_prompts(source, field="prompt")
     assert str(error.value) == (
-        f"{source}: field 'prompt' not found; available fields: goal, target (use --prompt-field)"
+        f"{source}: field 'prompt' not found; available fields: goal, target (name it with --*-field on the command line, *_field in a run config)"
     )
 
 
@@ -291,7 +291,7 @@ def test_undetectable_field_lists_available(tmp_path):
         load_prompts(source)
     message = str(error.value)
     assert message.startswith(f"{source}: no prompt field found; expected one of instruction, prompt")
-    assert message.endswith("available fields: label, title (use --prompt-field)")
+    assert message.endswith("available fields: label, title (name it with --*-field on the command line, *_field in a run config)")
 
 
 def test_missing_response_field(tmp_path):
@@ -300,7 +300,7 @@ def test_missing_response_field(tmp_path):
         load_pairs(source)
     message = str(error.value)
     assert message.startswith(f"{source}: no response field found")
-    assert message.endswith("available fields: prompt (use --response-field)")
+    assert message.endswith("available fields: prompt (name it with --*-field on the command line, *_field in a run config)")
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,12 @@ def test_layers_list_becomes_positions(tmp_path):
     ({"model": "m", "method": "vanilla"}, "field 'train_data' is empty"),
     ({"model": "m", "method": "procon", "train_data": ["a"]}, "needs field 'directions'"),
     ({"model": "m", "method": "vanilla", "train_data": ["a"], "safety_samples": -1}, "'safety_samples' is -1"),
-    ({"model": "m", "method": "vanilla", "train_data": ["a"], "training": {"epochs": 0}}, "must be positive"),
+    ({"model": "m", "method": "vanilla", "train_data": ["a"], "training": {"epochs": 0}}, "field .training.epochs. is 0; expected a finite number > 0"),
+    ({"model": "m", "method": "vanilla", "train_data": ["a"], "training": {"epochs": "abc"}}, "field .epochs. is .abc.; expected float"),
+    ({"model": "m", "method": "vanilla", "train_data": ["a"], "training": {"learning_rate": float("nan")}}, "learning_rate. is nan"),
+    ({"model": 123, "method": "vanilla", "train_data": ["a"]}, "field .model. is 123; expected str"),
+    ({"model": "m", "method": "vanilla", "train_data": [{"limit": 3}]}, "train_data.0. has no .path."),
+    ({"model": "m", "method": "procon_wu_safe", "directions": "d", "safety_data": "s", "safety_samples": 0, "train_data": ["a"]}, "needs safety_samples > 0"),
 ])
 def test_validation_messages(tmp_path, data, message):
     with pytest.raises(InputError, match=message):

@@ -16,9 +16,15 @@ IGNORE_INDEX = -100
 
 
 def require_chat_template(tokenizer, model_name: str) -> None:
+    """Raise InputError unless the tokenizer has a chat template that renders a user turn."""
     if not getattr(tokenizer, "chat_template", None):
         raise InputError(f"{model_name}: tokenizer has no chat template; expected an aligned chat model "
                          "whose tokenizer_config.json sets chat_template")
+    try:
+        format_prompt(tokenizer, "test")
+    except Exception as exc:  # jinja2 raises several error types for broken templates
+        raise InputError(f"{model_name}: the chat template fails on a plain user message "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 def format_prompt(tokenizer, prompt: str, system_prompt: str | None = None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,10 +17,17 @@ from procon.errors import InputError
 logger = logging.getLogger("procon")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid; expected an integer >= 1")
+    return value
+
+
 def _add_data_args(parser: argparse.ArgumentParser, name: str, required: bool, help_text: str) -> None:
     parser.add_argument(f"--{name}", required=required, help=help_text)
     parser.add_argument(f"--{name}-field", default=None, help=f"column or key of the prompt text in --{name}")
-    parser.add_argument(f"--{name}-limit", type=int, default=None, help=f"use only the first N rows of --{name}")
+    parser.add_argument(f"--{name}-limit", type=positive_int, default=None, help=f"use only the first N rows of --{name}")
 
 
 def _prompts(args, name: str) -> list[str] | None:
@@ -190,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(direction, "harmful", True, "harmful instructions (csv, tsv, json, jsonl, txt or hub id)")
     _add_data_args(direction, "harmless", True, "harmless instructions")
     direction.add_argument("--out", required=True, help="output directory")
-    direction.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass")
+    direction.add_argument("--batch-size", type=positive_int, default=32, help="prompts per forward pass")
     direction.set_defaults(func=cmd_direction)
 
     tr = sub.add_parser("train", help="LoRA fine-tuning with or without the ProCon constraint")
@@ -224,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(drift, "harmless", True, "harmless instructions")
     drift.add_argument("--directions", help="base directions to compare against (default: extract again)")
     drift.add_argument("--out", required=True, help="output directory")
-    drift.add_argument("--batch-size", type=int, default=32)
+    drift.add_argument("--batch-size", type=positive_int, default=32, help="prompts per forward pass")
     drift.set_defaults(func=cmd_drift)
 
     ev = sub.add_parser("eval", help="generate and score: ASR, over-refusal, task accuracy")
@@ -236,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task-answer-field", default=None, help="column or key of the answer in --task")
     ev.add_argument("--match", default="prefix", choices=["exact", "prefix", "contains"], help="task answer matching")
     ev.add_argument("--refusal-phrases", help="file with one refusal phrase per line (default: built-in list)")
-    ev.add_argument("--max-new-tokens", type=int, default=64)
-    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per response")
+    ev.add_argument("--batch-size", type=positive_int, default=32, help="prompts per generation batch")
     ev.add_argument("--out", required=True, help="output directory")
     ev.set_defaults(func=cmd_eval)
 
@@ -253,14 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> int:
-    # Close open progress bars first, so the error starts on a line of its own.
+def _close_progress_bars() -> None:
+    # Closing open bars ends their line, so the next message starts on a line of its own.
     from tqdm import tqdm
 
     for bar in list(getattr(tqdm, "_instances", [])):
         bar.close()
+
+
+def _fail(message: str) -> int:
+    _close_progress_bars()
     print(f"procon: error: {message}", file=sys.stderr)
     return 2
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,11 +285,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # SIGTERM ends the run like Ctrl-C, so staged output directories are removed on the way out.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        if getattr(args, "out", None):
+            from procon.io import check_output_dir
+
+            check_output_dir(args.out)
         args.func(args)
     except (InputError, FloatingPointError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("procon: interrupted", file=sys.stderr)
         return 130
     return 0

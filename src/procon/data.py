@@ -199,6 +199,8 @@ def _parse_json(text: str, name: str) -> list[Record]:
         if exc.msg == "Extra data":
             hint = "; the file looks like JSON Lines, so give it the .jsonl extension"
         raise InputError(f"{name}: line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}){hint}") from None
+    except RecursionError:
+        raise InputError(f"{name}: invalid JSON (nested too deeply); expected a list of examples") from None
 
     if isinstance(data, dict):
         return _unwrap_object(data, name)
@@ -255,6 +257,8 @@ def _parse_jsonl(text: str, name: str) -> list[Record]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{name}: line {number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise InputError(f"{name}: line {number}: invalid JSON (nested too deeply)") from None
         records.append(_to_record(item, name, f"line {number}"))
     return records
 
@@ -341,7 +345,7 @@ def _resolve_field(
         field = _match_field(available, requested)
         if field is None:
             raise InputError(
-                f"{name}: field '{requested}' not found; available fields: {_format_names(available)} (use {option})"
+                f"{name}: field '{requested}' not found; available fields: {_format_names(available)} (name it with {option})"
             )
         return field
     for candidate in candidates:
@@ -350,7 +354,7 @@ def _resolve_field(
             return field
     raise InputError(
         f"{name}: no {role} field found; expected one of {', '.join(candidates)}; "
-        f"available fields: {_format_names(available)} (use {option})"
+        f"available fields: {_format_names(available)} (name it with {option})"
     )
 
 
@@ -441,7 +445,7 @@ def load_prompts(
     `limit` keeps the first N records.
     """
     records = _select(source, split, limit)
-    prompt_field = _resolve_field(records, source, field, PROMPT_FIELDS, "prompt", "--prompt-field")
+    prompt_field = _resolve_field(records, source, field, PROMPT_FIELDS, "prompt", "--*-field on the command line, *_field in a run config")
     return [_prompt_value(record, prompt_field, source) for record in records]
 
 
@@ -458,9 +462,9 @@ def load_pairs(
     response field is never the prompt field. Both values must be non-empty strings.
     """
     records = _select(source, split, limit)
-    prompt_key = _resolve_field(records, source, prompt_field, PROMPT_FIELDS, "prompt", "--prompt-field")
+    prompt_key = _resolve_field(records, source, prompt_field, PROMPT_FIELDS, "prompt", "--*-field on the command line, *_field in a run config")
     response_key = _resolve_field(
-        records, source, response_field, RESPONSE_FIELDS, "response", "--response-field", exclude=prompt_key
+        records, source, response_field, RESPONSE_FIELDS, "response", "--*-field on the command line, *_field in a run config", exclude=prompt_key
     )
     return [
         {
@@ -488,9 +492,9 @@ def load_task(
     """
     names = None if label_names is None else {str(key): str(value) for key, value in label_names.items()}
     records = _select(source, split, limit)
-    prompt_key = _resolve_field(records, source, prompt_field, PROMPT_FIELDS, "prompt", "--prompt-field")
+    prompt_key = _resolve_field(records, source, prompt_field, PROMPT_FIELDS, "prompt", "--*-field on the command line, *_field in a run config")
     answer_key = _resolve_field(
-        records, source, answer_field, ANSWER_FIELDS, "answer", "--answer-field", exclude=prompt_key
+        records, source, answer_field, ANSWER_FIELDS, "answer", "--*-field on the command line, *_field in a run config", exclude=prompt_key
     )
 
     examples = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class Directions:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_file({"directions": self.vectors.contiguous().float()}, str(out_dir / DIRECTIONS_FILE),
                   metadata={"convention": CONVENTION})
-        (out_dir / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2) + "\n")
+        (out_dir / METADATA_FILE).write_text(json.dumps(json_safe(self.metadata), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Directions":
@@ -63,11 +64,25 @@ class Directions:
         if not tensor_path.is_file():
             raise InputError(f"{tensor_path}: directions file not found; run `procon direction` first")
         try:
-            vectors = load_file(str(tensor_path))["directions"]
+            tensors = load_file(str(tensor_path))
         except Exception as exc:  # safetensors raises several types for corrupt files
             raise InputError(f"{tensor_path}: cannot read directions ({exc})") from None
+        if "directions" not in tensors:
+            raise InputError(f"{tensor_path}: no tensor named 'directions' (found {', '.join(tensors) or 'none'})")
+        vectors = tensors["directions"].float()
+        if vectors.ndim != 2:
+            raise InputError(f"{tensor_path}: directions have shape {list(vectors.shape)}; expected [positions, hidden]")
+        if not torch.isfinite(vectors).all():
+            raise InputError(f"{tensor_path}: directions contain NaN or inf; extract them again")
         metadata_path = tensor_path.parent / METADATA_FILE
-        metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
+        metadata = {}
+        if metadata_path.is_file():
+            try:
+                metadata = json.loads(metadata_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"{metadata_path}: invalid JSON ({exc})") from None
+            if not isinstance(metadata, dict):
+                raise InputError(f"{metadata_path}: expected a JSON object")
         return cls(vectors=vectors, metadata=metadata)
 
     def check_model(self, model, source: str) -> None:
@@ -79,6 +94,17 @@ class Directions:
                 f"{source}: directions have shape [{self.n_positions}, {self.hidden_size}] but the model "
                 f"needs [{expected_positions}, {hidden}] (block inputs plus the last block's output); "
                 "extract them again from this model")
+
+
+def json_safe(value):
+    """Replace NaN and inf by None, because JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def difference_in_means(harmful: np.ndarray | torch.Tensor, harmless: np.ndarray | torch.Tensor
@@ -163,6 +189,8 @@ def separation(harmful: torch.Tensor, harmless: torch.Tensor, holdout_fraction: 
 def extract_directions(model, tokenizer, harmful: list[str], harmless: list[str], batch_size: int = 32,
                        system_prompt: str | None = None, progress: bool = True) -> tuple[Directions, list[dict]]:
     """Extract refusal directions and the per-position separation report."""
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size} is invalid; expected >= 1")
     harmful_acts = final_token_activations(model, tokenizer, harmful, batch_size, system_prompt, progress)
     harmless_acts = final_token_activations(model, tokenizer, harmless, batch_size, system_prompt, progress)
     vectors, degenerate = difference_in_means(harmful_acts, harmless_acts)

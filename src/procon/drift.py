@@ -13,7 +13,7 @@ import io
 import logging
 from pathlib import Path
 
-from procon.directions import Directions, cosine_per_position, extract_directions
+from procon.directions import Directions, cosine_per_position, extract_directions, json_safe
 from procon.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def measure_drift(model, tokenizer, adapters: list[str], harmful: list[str], har
             name = "default"
         else:
             name = f"a{len(rows)}"
-            peft_model.load_adapter(adapter, adapter_name=name)
+            load_adapter(peft_model, adapter, adapter_name=name)
         peft_model.set_adapter(name)
         tuned, _ = extract_directions(peft_model, tokenizer, harmful, harmless, batch_size, progress=progress)
         cos = cosine_per_position(base.vectors, tuned.vectors)
@@ -70,7 +70,7 @@ def write_drift(out_dir: Path, drift: dict, labels: list[str] | None = None, tit
         table_rows.append({"checkpoint": label, **{f"pos{p}": c for p, c in zip(drift["positions"], row["cos"])},
                            "min": min_cos(row["cos"])})
     atomic_write_text(out_dir / "drift.csv", buffer.getvalue())
-    atomic_write_json(out_dir / "drift.json", {**drift, "labels": labels})
+    atomic_write_json(out_dir / "drift.json", json_safe({**drift, "labels": labels}))
     if drift["rows"]:
         plot_heatmap([row["cos"] for row in drift["rows"]], labels, drift["positions"], out_dir / "drift.png",
                      title=title, xlabel="residual position (block input; last = final block output)")

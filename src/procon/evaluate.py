@@ -144,13 +144,16 @@ class RefusalPhraseScorer:
     empty_is_refusal: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.phrases, str):
+            raise TypeError("phrases must be a sequence of strings, not one string; wrap it: (phrase,)")
         self.phrases = tuple(self.phrases)
         if not self.phrases:
             raise InputError("refusal phrase list is empty. Give at least one phrase.")
         for phrase in self.phrases:
             if not isinstance(phrase, str) or not phrase.strip():
                 raise InputError(f"invalid refusal phrase {phrase!r}: expected a non-empty string")
-        if self.max_chars is not None and (isinstance(self.max_chars, bool) or self.max_chars <= 0):
+        if self.max_chars is not None and (not isinstance(self.max_chars, int) or isinstance(self.max_chars, bool)
+                                           or self.max_chars <= 0):
             raise InputError(f"invalid max_chars {self.max_chars!r}: expected a positive integer or None")
 
     def is_refusal(self, response: str) -> bool:

@@ -55,20 +55,60 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+# Every output directory gets this marker, so that a later run replaces only directories that
+# procon wrote itself and never a user's own folder.
+OUTPUT_MARKER = ".procon-output"
+
+
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """Raise InputError unless `out` can be written: missing, or a directory procon wrote before."""
+    from procon.errors import InputError
+
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise InputError(f"{out}: output path exists and is not a directory; choose another --out")
+        if any(out.iterdir()) and not (out / OUTPUT_MARKER).is_file():
+            raise InputError(f"{out}: output directory exists, is not empty and was not written by procon; "
+                             "choose another --out or remove it")
+        if out.resolve() == Path.cwd().resolve():
+            raise InputError(f"{out}: the current directory cannot be an output directory; choose a subdirectory")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{out}: {parent} is a file, not a directory; choose another --out")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"{out}: {parent} is not writable; choose another --out")
+            break
+    return out
+
+
 @contextlib.contextmanager
 def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces `out` only if the block finishes.
 
     An existing `out` is kept until the new one is complete, so a failed run leaves the
-    previous results untouched and no half-written directory behind.
+    previous results untouched and no half-written directory behind. Only a missing `out` or
+    one that procon wrote before (it contains OUTPUT_MARKER) is replaced.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    from procon.errors import InputError
+
+    out = check_output_dir(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output directory ({exc.strerror})") from None
     make_public(tmp, directory=True)
+    (tmp / OUTPUT_MARKER).write_text("written by procon; a later run with this --out replaces this directory\n")
     try:
         yield tmp
     except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        check_output_dir(out)  # the block may have run for hours; the target may have changed since
+    except InputError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from procon.chat import encode_example, require_chat_template
+from procon.chat import IGNORE_INDEX, encode_example, require_chat_template
 from procon.data import load_pairs, load_prompts
 from procon.errors import InputError
 from procon.io import atomic_write_text, sha256_file, staged_dir
@@ -80,6 +82,14 @@ class RunConfig:
     def validate(self, source: str = "config") -> None:
         from procon.trainer import METHODS
 
+        if isinstance(self.layers, (list, int)) and not isinstance(self.layers, bool):
+            items = self.layers if isinstance(self.layers, list) else [self.layers]
+            self.layers = ",".join(str(p) for p in items)
+        _check_types(self, source)
+        for item in self.train_data:
+            _check_types(item, f"{source}: train_data entry {item.path}")
+        _check_types(self.lora, f"{source}: lora")
+        _check_types(self.training, f"{source}: training")
         if not self.model:
             raise InputError(f"{source}: field 'model' is missing; expected a model directory or hub id")
         if self.method not in METHODS:
@@ -92,17 +102,55 @@ class RunConfig:
         if self.method != "vanilla" and not self.directions and not (self.direction_harmful and self.direction_harmless):
             raise InputError(f"{source}: method {self.method} needs field 'directions' or both "
                              "'direction_harmful' and 'direction_harmless'")
-        if isinstance(self.layers, list):
-            self.layers = ",".join(str(p) for p in self.layers)
         try:
             parse_layer_set(str(self.layers))
         except ValueError as exc:
             raise InputError(f"{source}: {exc}") from None
         if self.safety_samples < 0:
             raise InputError(f"{source}: field 'safety_samples' is {self.safety_samples}; expected >= 0")
-        if self.training.epochs <= 0 or self.training.batch_size < 1 or self.training.learning_rate <= 0:
-            raise InputError(f"{source}: training.epochs, training.batch_size and training.learning_rate "
-                             "must be positive")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise InputError(f"{source}: field 'alpha' is {self.alpha}; expected a finite number >= 0")
+        if self.warmup_epochs < 0:
+            raise InputError(f"{source}: field 'warmup_epochs' is {self.warmup_epochs}; expected >= 0")
+        positive = {"training.epochs": self.training.epochs, "training.learning_rate": self.training.learning_rate,
+                    "training.batch_size": self.training.batch_size,
+                    "training.gradient_accumulation_steps": self.training.gradient_accumulation_steps,
+                    "training.max_length": self.training.max_length,
+                    "training.logging_steps": self.training.logging_steps, "lora.r": self.lora.r,
+                    "lora.alpha": self.lora.alpha}
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(f"{source}: field '{name}' is {value}; expected a finite number > 0")
+        if not 0 <= self.lora.dropout < 1:
+            raise InputError(f"{source}: field 'lora.dropout' is {self.lora.dropout}; expected 0 <= dropout < 1")
+        if self.method == "procon_wu_safe" and self.safety_samples == 0:
+            raise InputError(f"{source}: method procon_wu_safe needs safety_samples > 0 "
+                             "(with 0 it is procon_wu)")
+
+
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list[str]": (list,)}
+
+
+def _check_types(obj, where: str) -> None:
+    """Raise InputError naming the field when a value from YAML or --set has the wrong type."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        annotation = str(f.type).replace(" | None", "")
+        expected = _TYPES.get(annotation)
+        if expected is None or (value is None and "None" in str(f.type)):
+            continue
+        if annotation == "float" and isinstance(value, str):
+            # YAML 1.1 reads "2e-4" (no decimal point) as a string.
+            try:
+                value = float(value)
+                setattr(obj, f.name, value)
+            except ValueError:
+                pass
+        wrong_bool = isinstance(value, bool) and bool not in expected
+        if wrong_bool or not isinstance(value, expected):
+            raise InputError(f"{where}: field '{f.name}' is {value!r}; expected {annotation}")
+        if annotation == "list[str]" and not all(isinstance(v, str) for v in value):
+            raise InputError(f"{where}: field '{f.name}' is {value!r}; expected a list of strings")
 
 
 def _build(cls, values: Any, where: str):
@@ -110,7 +158,7 @@ def _build(cls, values: Any, where: str):
     if not isinstance(values, dict):
         raise InputError(f"{where}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    kwargs: dict[str, Any] = {"path": ""} if cls is DataSource else {}
     for key, value in values.items():
         if key not in known:
             raise InputError(f"{where}: unknown field '{key}'; expected one of {', '.join(known)}")
@@ -122,6 +170,9 @@ def _build(cls, values: Any, where: str):
             items = value if isinstance(value, list) else [value]
             value = [_build(DataSource, {"path": v} if isinstance(v, str) else v, f"{where}.train_data[{i}]")
                      for i, v in enumerate(items)]
+            missing = [i for i, v in enumerate(value) if not v.path]
+            if missing:
+                raise InputError(f"{where}: train_data[{missing[0]}] has no 'path'; expected a data file")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -133,9 +184,11 @@ def load_run_config(path: str | None, overrides: dict[str, Any] | None = None) -
     if path:
         config_path = Path(path)
         if not config_path.is_file():
-            raise InputError(f"{path}: config file not found")
+            raise InputError(f"{path}: config file not found" + (" (it is a directory)" if config_path.is_dir() else ""))
         try:
-            values = yaml.safe_load(config_path.read_text()) or {}
+            values = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: byte {exc.start}: not valid UTF-8") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f"line {mark.line + 1}: " if mark else ""
@@ -179,33 +232,67 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise InputError(f"--set {text}: expected KEY=VALUE, for example training.epochs=3")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise InputError(f"--set {text}: the value is not valid YAML; quote strings, e.g. 'key=\"[x\"'") from None
 
 
 def load_model(model_id: str, dtype: torch.dtype = torch.float32):
     """Load a causal LM and its tokenizer with transformers, as any user's checkpoint would be."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(model_id).exists() and ("/" not in model_id or model_id.startswith((".", "/"))):
+    path = Path(model_id)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{model_id}: is a file; expected a model directory or hub id")
+    if not path.exists() and (model_id.count("/") != 1 or model_id.startswith((".", "/"))):
         raise InputError(f"{model_id}: model directory not found")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id)
         require_chat_template(tokenizer, model_id)
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{model_id}: cannot load model ({first_line})") from None
+    except InputError:
+        raise
+    except Exception as exc:  # transformers, safetensors and huggingface_hub raise many types here
+        where = "" if path.exists() else "not found locally, and loading it as a hub id failed: "
+        raise InputError(f"{model_id}: cannot load model ({where}{_first_line(exc)})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
-def load_adapter(model, adapter: str):
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_adapter_dir(adapter: str) -> None:
+    """Raise InputError unless `adapter` is a local PEFT adapter directory with weights.
+
+    PEFT reads a directory without weights as a hub id and tries the network, so the weights
+    are checked here first.
+    """
+    path = Path(adapter)
+    if (path / "adapter" / "adapter_config.json").is_file():
+        raise InputError(f"{adapter}: is a training run directory; pass {path / 'adapter'}")
+    if not (path / "adapter_config.json").is_file():
+        raise InputError(f"{adapter}: adapter_config.json not found; expected a PEFT adapter directory")
+    if not any((path / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise InputError(f"{adapter}: adapter_model.safetensors not found; expected a PEFT adapter directory")
+
+
+def load_adapter(model, adapter: str, adapter_name: str = "default"):
+    """Apply a PEFT adapter to `model`, or load it as `adapter_name` into a PeftModel."""
     from peft import PeftModel
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise InputError(f"{adapter}: adapter_config.json not found; expected a PEFT adapter directory")
-    return PeftModel.from_pretrained(model, adapter)
+    check_adapter_dir(adapter)
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(adapter, adapter_name=adapter_name)
+            return model
+        return PeftModel.from_pretrained(model, adapter)
+    except Exception as exc:  # peft raises JSON, safetensors, size-mismatch and module-match errors
+        raise InputError(f"{adapter}: cannot load adapter ({_first_line(exc)})") from None
 
 
 def toy_split(name: str) -> list[dict]:
@@ -218,14 +305,16 @@ def training_pairs(config: RunConfig) -> tuple[list[dict], list[dict]]:
     """Return (task and attack pairs, safety pairs) as prompt/response rows."""
     pairs: list[dict] = []
     for item in config.train_data:
-        pairs += load_pairs(item.path, item.prompt_field, item.response_field, limit=item.limit)
+        rows = load_pairs(item.path, item.prompt_field, item.response_field, limit=item.limit)
+        pairs += [{**row, "_source": f"{item.path}: example {number}"} for number, row in enumerate(rows, 1)]
     safety: list[dict] = []
     if config.safety_data and config.safety_samples > 0:
         if config.safety_data == TOY_SOURCE:
             safety = toy_split("safety")
         else:
             safety = load_pairs(config.safety_data)
-        safety = safety[:config.safety_samples]
+        safety = [{**row, "_source": f"{config.safety_data}: example {number}"}
+                  for number, row in enumerate(safety[:config.safety_samples], 1)]
     return pairs, safety
 
 
@@ -257,20 +346,37 @@ def train(config: RunConfig, progress: bool = True) -> Path:
     from procon.residual import num_positions, resolve_positions
     from procon.trainer import Anchors, ProConConfig, ProConTrainer, anchors_key, record_anchors
 
+    from procon.io import check_output_dir
+
     start = time.time()
+    check_output_dir(config.output_dir)
     set_seed(config.training.seed)
     model, tokenizer = load_model(config.model)
     pairs, safety = training_pairs(config)
     rows = pairs + safety
-    encoded = []
-    for index, row in enumerate(rows):
+    encoded, skipped = [], []
+    for row in rows:
         example = encode_example(tokenizer, row["prompt"], row["response"], config.training.max_length)
-        example["sample_index"] = index
+        if all(label == IGNORE_INDEX for label in example["labels"]):
+            skipped.append(row["_source"])
+            continue
+        example["sample_index"] = len(encoded)
         encoded.append(example)
+    if skipped:
+        # Such an example has no response token left to learn from or to anchor.
+        logger.warning("skipped %d of %d examples whose prompt fills training.max_length=%d (first: %s)",
+                       len(skipped), len(rows), config.training.max_length, skipped[0])
+    if not encoded:
+        raise InputError(f"{skipped[0]}: every prompt fills training.max_length={config.training.max_length} "
+                         "tokens and no response token is left; raise training.max_length")
     logger.info("training data: %d pairs + %d safety samples", len(pairs), len(safety))
 
     if config.method != "vanilla":
         directions = resolve_directions(config, model, tokenizer, progress)
+        norms = directions.vectors.norm(dim=-1)
+        if not bool((norms > 0).any()):
+            raise InputError("directions: every position has a zero direction (harmful and harmless means "
+                             "coincide); extract them from two different prompt sets")
     else:
         directions = Directions(vectors=torch.zeros(num_positions(model), model.config.hidden_size))
     try:
@@ -283,22 +389,24 @@ def train(config: RunConfig, progress: bool = True) -> Path:
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:
-        raise InputError(f"lora.target_modules: {exc}") from None
+        raise InputError(f"lora: {_first_line(exc)}") from None
 
     out = Path(config.output_dir)
     with staged_dir(out) as stage:
         anchors = None
         if config.method != "vanilla":
-            key = anchors_key(config.model, directions.vectors, positions, encoded)
+            key = anchors_key(_model_fingerprint(config.model), directions.vectors, positions, encoded)
             cache = out.parent / ".anchors" / f"{key}.safetensors"
             if cache.is_file():
-                anchors = Anchors.load(cache)
-                logger.info("anchors reused from %s", cache)
-            else:
+                try:
+                    anchors = Anchors.load(cache)
+                    logger.info("anchors reused from %s", cache)
+                except Exception as exc:  # a corrupt cache entry is recomputed, not fatal
+                    logger.warning("anchors cache %s is unreadable (%s); recording them again", cache, exc)
+            if anchors is None:
                 anchors = record_anchors(model, encoded, directions.vectors, positions, tokenizer.pad_token_id,
                                          batch_size=config.training.batch_size * 2, progress=progress)
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                anchors.save(cache)
+                _save_anchors_cache(anchors, cache)
 
         args = ProConConfig(
             output_dir=str(stage / "checkpoints"),
@@ -342,12 +450,41 @@ def train(config: RunConfig, progress: bool = True) -> Path:
     return out
 
 
+def _model_fingerprint(model_id: str) -> str:
+    """Identify the model weights for the anchors cache: the id plus size and mtime of each weight file.
+
+    Hashing the weights themselves would read gigabytes; a rewritten weight file changes its
+    size or mtime, which is enough to invalidate the cache.
+    """
+    path = Path(model_id)
+    if not path.is_dir():
+        return model_id
+    stats = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.iterdir())
+             if f.suffix in (".safetensors", ".bin") and f.is_file()]
+    return f"{path.resolve()}|{'|'.join(stats)}"
+
+
+def _save_anchors_cache(anchors, cache: Path) -> None:
+    # Write beside the target and rename, so an interrupted save never leaves a truncated file.
+    from procon.io import make_public
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        anchors.save(tmp)
+        make_public(tmp)
+        os.replace(tmp, cache)
+    except OSError as exc:
+        logger.warning("cannot write anchors cache %s (%s); continuing without it", cache, exc)
+
+
 def _file_hash(path: str) -> str | None:
     return sha256_file(path) if Path(path).is_file() else None
 
 
 def epoch_checkpoints(run_dir: Path) -> list[Path]:
     """Per-epoch adapter checkpoints of a run, in training order."""
-    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return [c for c in checkpoints if (c / "adapter_config.json").is_file()]
+    checkpoints = [c for c in (run_dir / "checkpoints").glob("checkpoint-*")
+                   if c.name.split("-", 1)[1].isdigit() and (c / "adapter_config.json").is_file()]
+    return sorted(checkpoints, key=lambda c: int(c.name.split("-", 1)[1]))
 
