@@ -83,6 +83,7 @@ def run_demo(out: Path, toy_dir: Path, methods: list[str] | None = None, epochs:
     from procon.directions import extract_directions
     from procon.drift import measure_drift, min_cos, write_drift
     from procon.errors import InputError
+    from procon.residual import parse_layer_set
     from procon.evaluate import evaluate_model, write_evaluation
     from procon.report import format_markdown_table, format_table
     from procon.run import epoch_checkpoints, load_adapter, load_model, train
@@ -96,6 +97,12 @@ def run_demo(out: Path, toy_dir: Path, methods: list[str] | None = None, epochs:
     unknown = [m for m in methods if m not in METHOD_LABELS]
     if unknown:
         raise InputError(f"--methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHOD_LABELS)}")
+    if settings.epochs < 1:
+        raise InputError(f"--epochs: {settings.epochs} is invalid; expected >= 1")
+    try:
+        parse_layer_set(settings.layers)
+    except ValueError as exc:
+        raise InputError(f"--{exc}") from None
     torch.manual_seed(settings.seed)
 
     logger.info("step 1/4: toy model in %s", toy_dir)

@@ -25,8 +25,8 @@ from procon.residual import capture_residual, parse_layer_set
 logger = logging.getLogger(__name__)
 
 METHODS = ("vanilla", "procon", "procon_wu", "procon_wu_safe")
-# alpha used when the config leaves it unset: ProCon^s uses a small constant weight (0.1-0.2 in
-# the paper), the warm-up variants a large one (1-2) for the first epochs only.
+# alpha used when the config leaves it unset. The ProCon paper (arXiv 2509.06795) uses 0.1-0.2 as
+# a constant weight (ProCon^s) and 1-2 for the warm-up epochs only.
 DEFAULT_ALPHA = {"vanilla": 0.0, "procon": 0.1, "procon_wu": 1.0, "procon_wu_safe": 1.0}
 
 
@@ -180,7 +180,7 @@ class _EpochTracker(TrainerCallback):
 class ProConTrainer(Trainer):
     """Trainer whose loss adds the ProCon projection constraint to the language-modelling loss.
 
-    Train examples must carry `sample_index`, the row of `anchors` they belong to; the
+    Train examples must carry `sample_index`, the row of `anchors` they belong to. The
     collator passes it through and the trainer removes it before the forward pass.
     """
 
