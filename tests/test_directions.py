@@ -110,3 +110,14 @@ def test_directions_roundtrip_and_shape_check(tiny, tmp_path):
 def test_directions_load_missing(tmp_path):
     with pytest.raises(InputError, match="directions file not found"):
         Directions.load(tmp_path / "nope")
+
+
+def test_separation_undefined_for_zero_direction():
+    rng = np.random.default_rng(3)
+    harmful = torch.tensor(rng.normal(loc=2.0, size=(20, 2, 4)))
+    harmless = torch.tensor(rng.normal(loc=-2.0, size=(30, 2, 4)))
+    harmful[:, 0] = 1.0
+    harmless[:, 0] = 1.0
+    rows = separation(harmful, harmless)
+    assert np.isnan(rows[0]["heldout_accuracy"])
+    assert rows[1]["heldout_accuracy"] == 1.0

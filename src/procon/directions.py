@@ -181,7 +181,9 @@ def separation(harmful: torch.Tensor, harmless: torch.Tensor, holdout_fraction: 
         test_h, test_b = harmful_test[:, p] @ r, harmless_test[:, p] @ r
         correct = int((test_h > threshold).sum()) + int((test_b <= threshold).sum())
         total = len(test_h) + len(test_b)
-        rows.append({"position": p, "heldout_accuracy": correct / total if total else float("nan"),
+        # A zero direction puts every prompt on one side; its "accuracy" would be the class share.
+        defined = total > 0 and bool(r.abs().sum() > 0)
+        rows.append({"position": p, "heldout_accuracy": correct / total if defined else float("nan"),
                      "mean_gap": float(fit_h.mean() - fit_b.mean())})
     return rows
 
