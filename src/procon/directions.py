@@ -208,7 +208,7 @@ def extract_directions(model, tokenizer, harmful: list[str], harmless: list[str]
         "separation": report,
     }
     if degenerate:
-        logger.info("positions %s have no direction (harmful and harmless means coincide)", degenerate)
+        logger.debug("positions %s have no direction (harmful and harmless means coincide)", degenerate)
     return Directions(vectors=vectors, metadata=metadata), report
 
 
