@@ -157,6 +157,9 @@ def cmd_eval(args) -> None:
                      limit=args.task_limit) if args.task else None
     scorer = RefusalPhraseScorer.from_file(args.refusal_phrases) if args.refusal_phrases else RefusalPhraseScorer()
     model, tokenizer = load_model(args.model)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and args.max_new_tokens >= context:
+        raise InputError(f"--max-new-tokens {args.max_new_tokens} is invalid; the model's context is {context} tokens")
     if args.adapter:
         model = load_adapter(model, args.adapter)
     records, metrics = evaluate_model(model, tokenizer, harmful=harmful, benign=benign, task=task, scorer=scorer,
@@ -275,8 +278,12 @@ def _fail(message: str) -> int:
     return 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that staged output directories are removed."""
+
+
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (InputError, FloatingPointError) as exc:
         return _fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _close_progress_bars()
         print("procon: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     return 0
 
 
