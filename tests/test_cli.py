@@ -254,3 +254,9 @@ def test_prompts_longer_than_max_length(capsys, tmp_path, tiny_model_dir, toy_da
                            "--train-data", toy_data / "attack.jsonl", "--set", "training.max_length=8",
                            "--out", tmp_path / "out")
     _assert_one_line_error(code, err, "attack.jsonl: example 1", "raise training.max_length")
+
+
+def test_max_new_tokens_beyond_context(capsys, tmp_path, tiny_model_dir, toy_data):
+    code, _, err = run_cli(capsys, "eval", "--model", tiny_model_dir, "--harmful", toy_data / "eval_harmful.jsonl",
+                           "--max-new-tokens", 100000, "--out", tmp_path / "out")
+    _assert_one_line_error(code, err, "--max-new-tokens 100000 is invalid", "512 tokens")
