@@ -2,15 +2,18 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# torch is pinned to the CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
+# torch is installed first and pinned: a bare `torch` requirement from PyPI pulls a multi-GB CUDA
+# build. Where no CPU wheel of this version is on local disk, point TORCH_PIP_ARGS at a CPU wheel
+# index (--index-url ...) or change TORCH_SPEC.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 
 .PHONY: install demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test,hub]"
 	touch $@
 

@@ -208,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="YAML run config; flags below override its fields")
     tr.add_argument("--model", help="base model directory or hub id")
     tr.add_argument("--out", help="output directory for the adapter, config and metrics")
-    tr.add_argument("--method", choices=["vanilla", "procon", "procon_wu", "procon_wu_safe"])
+    tr.add_argument("--method", choices=["vanilla", "procon", "procon_wu", "procon_wu_safe"],
+                    help="vanilla: plain LoRA; procon: constant alpha (ProCon^s); procon_wu: alpha for the first "
+                         "--warmup-epochs, then 0; procon_wu_safe: procon_wu plus --safety-data pairs")
     tr.add_argument("--alpha", type=float, help="weight of the ProCon term")
     tr.add_argument("--warmup-epochs", type=int, help="epochs with the constraint on (warm-up methods)")
     tr.add_argument("--layers", help="paper, paper+output, last, or comma-separated positions")

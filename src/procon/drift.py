@@ -41,6 +41,7 @@ def measure_drift(model, tokenizer, adapters: list[str], harmful: list[str], har
         rows.append({"adapter": str(adapter), "cos": cos})
         logger.info("drift %s: min cos %.4f", adapter, min((c for c in cos if c == c), default=float("nan")))
         if name != "default":
+            peft_model.set_adapter("default")  # deleting the active adapter makes PEFT warn
             peft_model.delete_adapter(name)
     if peft_model is not None:
         peft_model.unload()

@@ -197,6 +197,8 @@ def load_run_config(path: str | None, overrides: dict[str, Any] | None = None) -
             raise InputError(f"{path}: expected a mapping of fields at the top level")
     for dotted, value in (overrides or {}).items():
         _apply_override(values, dotted, value)
+    if overrides:
+        source = f"{source} with command-line overrides" if path else source
     config = _build(RunConfig, values, source)
     config.validate(source)
     return config
