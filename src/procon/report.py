@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from procon.io import make_public
+from procon.io import atomic_write
 
 MISSING = "n/a"
 ANNOTATION_MAX_CELLS = 200
@@ -197,14 +195,4 @@ def _annotate_cells(axes, data, image) -> None:
 
 
 def _save_png_atomically(figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png", dpi=120)
-        make_public(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
