@@ -45,7 +45,8 @@ def test_end_to_end_commands(capsys, tmp_path, tiny_model_dir, toy_data):
     assert code == 0, err
     assert "heldout_accuracy" in out
     metadata = json.loads((tmp_path / "dirs" / "directions.json").read_text())
-    assert metadata["n_positions"] == 3 and metadata["hidden_size"] == 32
+    assert metadata["n_positions"] == 3
+    assert metadata["hidden_size"] == 32
     assert metadata["data"]["harmful"]["count"] == 40
     assert len(metadata["data"]["harmful"]["sha256"]) == 64
 
@@ -57,17 +58,20 @@ def test_end_to_end_commands(capsys, tmp_path, tiny_model_dir, toy_data):
     run = tmp_path / "run"
     assert (run / "adapter" / "adapter_config.json").is_file()
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert resolved["method"] == "procon_wu_safe" and resolved["resolved_alpha"] == 1.0
+    assert resolved["method"] == "procon_wu_safe"
+    assert resolved["resolved_alpha"] == 1.0
     assert resolved["data"] == {"pairs": 32, "safety_samples": 8, "files": resolved["data"]["files"]}
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [entry for entry in logs if "procon_alpha" in entry]
-    assert steps[0]["procon_alpha"] == 1.0 and steps[-1]["procon_alpha"] == 0.0
+    assert steps[0]["procon_alpha"] == 1.0
+    assert steps[-1]["procon_alpha"] == 0.0
 
     code, out, err = run_cli(capsys, "drift", "--model", tiny_model_dir, "--adapters", run,
                              "--harmful", harmful, "--harmless", harmless, "--harmful-limit", 40,
                              "--harmless-limit", 40, "--out", tmp_path / "drift")
     assert code == 0, err
-    assert "run e1" in out and "run e2" in out
+    assert "run e1" in out
+    assert "run e2" in out
     assert (tmp_path / "drift" / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header = (tmp_path / "drift" / "drift.csv").read_text().splitlines()[0]
     assert header == "checkpoint,pos0,pos1,pos2"
@@ -79,8 +83,10 @@ def test_end_to_end_commands(capsys, tmp_path, tiny_model_dir, toy_data):
                              "--max-new-tokens", 4, "--out", tmp_path / "eval")
     assert code == 0, err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["asr"]["n"] == 6 and metrics["asr"]["direction"] == "lower is safer"
-    assert metrics["over_refusal"]["n"] == 5 and metrics["task_accuracy"]["n"] == 4
+    assert metrics["asr"]["n"] == 6
+    assert metrics["asr"]["direction"] == "lower is safer"
+    assert metrics["over_refusal"]["n"] == 5
+    assert metrics["task_accuracy"]["n"] == 4
     assert len((tmp_path / "eval" / "generations.jsonl").read_text().splitlines()) == 15
 
 
@@ -260,3 +266,11 @@ def test_max_new_tokens_beyond_context(capsys, tmp_path, tiny_model_dir, toy_dat
     code, _, err = run_cli(capsys, "eval", "--model", tiny_model_dir, "--harmful", toy_data / "eval_harmful.jsonl",
                            "--max-new-tokens", 100000, "--out", tmp_path / "out")
     _assert_one_line_error(code, err, "--max-new-tokens 100000 is invalid", "512 tokens")
+
+
+def test_unknown_report_to(capsys, tmp_path, tiny_model_dir, toy_data):
+    code, _, err = run_cli(capsys, "train", "--model", tiny_model_dir, "--method", "vanilla",
+                           "--train-data", toy_data / "attack.jsonl", "--set", "training.report_to=[bogus]",
+                           "--out", tmp_path / "out")
+    _assert_one_line_error(code, err, "training: bogus is not supported")
+    assert not (tmp_path / "out").exists()

@@ -17,7 +17,8 @@ def test_overrides_reach_nested_fields_and_list_items(tmp_path):
                                          parse_override("train_data.0.limit=10")]))
     assert config.training.epochs == 3
     assert config.lora.r == 4
-    assert config.train_data[0].path == "a.jsonl" and config.train_data[0].limit == 10
+    assert config.train_data[0].path == "a.jsonl"
+    assert config.train_data[0].limit == 10
     assert config.train_data[1].limit is None
 
 

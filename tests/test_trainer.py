@@ -121,7 +121,7 @@ def _trainer(model, tokenizer, encoded, directions, anchors, tmp_path, **kwargs)
         tokenizer.pad_token_id), directions=directions, anchors=anchors)
 
 
-def test_term_zero_at_start_and_grad_only_on_lora(lora_setup, tmp_path):
+def test_term_zero_then_lora_grads(lora_setup, tmp_path):
     model, tokenizer, encoded, directions, positions, _ = lora_setup
     anchors = record_anchors(model, encoded, directions, positions, tokenizer.pad_token_id, progress=False)
     trainer = _trainer(model, tokenizer, encoded, directions, anchors, tmp_path)

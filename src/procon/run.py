@@ -9,7 +9,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from procon.chat import IGNORE_INDEX, encode_example, require_chat_template
+from procon.chat import IGNORE_INDEX, ChatCollator, encode_example, require_chat_template
 from procon.data import load_pairs, load_prompts
 from procon.errors import InputError
 from procon.io import atomic_write_text, sha256_file, staged_dir
@@ -346,7 +345,7 @@ def train(config: RunConfig, progress: bool = True) -> Path:
 
     from procon.directions import Directions
     from procon.residual import num_positions, resolve_positions
-    from procon.trainer import Anchors, ProConConfig, ProConTrainer, anchors_key, record_anchors
+    from procon.trainer import Anchors, ProConTrainer, anchors_key, record_anchors
 
     from procon.io import check_output_dir
 
@@ -410,31 +409,13 @@ def train(config: RunConfig, progress: bool = True) -> Path:
                                          batch_size=config.training.batch_size * 2, progress=progress)
                 _save_anchors_cache(anchors, cache)
 
-        args = ProConConfig(
-            output_dir=str(stage / "checkpoints"),
-            procon_method=config.method,
-            procon_alpha=config.alpha,
-            procon_warmup_epochs=config.warmup_epochs,
-            procon_layers=config.layers,
-            learning_rate=config.training.learning_rate,
-            num_train_epochs=config.training.epochs,
-            per_device_train_batch_size=config.training.batch_size,
-            gradient_accumulation_steps=config.training.gradient_accumulation_steps,
-            logging_steps=config.training.logging_steps,
-            save_strategy="epoch" if config.training.save_every_epoch else "no",
-            save_only_model=True,
-            report_to=config.training.report_to,
-            seed=config.training.seed,
-            activation_checkpointing=config.training.gradient_checkpointing,
-            bf16=config.training.bf16,
-            disable_tqdm=not progress,
-            use_cpu=not torch.cuda.is_available(),
-        )
-        from procon.chat import ChatCollator
-
-        trainer = ProConTrainer(model=model, args=args, train_dataset=encoded,
-                                data_collator=ChatCollator(tokenizer.pad_token_id),
-                                directions=directions.vectors, anchors=anchors)
+        try:
+            args = _trainer_args(config, stage, progress)
+            trainer = ProConTrainer(model=model, args=args, train_dataset=encoded,
+                                    data_collator=ChatCollator(tokenizer.pad_token_id),
+                                    directions=directions.vectors, anchors=anchors)
+        except ValueError as exc:  # transformers validates report_to, precision and more here
+            raise InputError(f"training: {_first_line(exc)}") from None
         trainer.train()
         model.save_pretrained(stage / "adapter")
         tokenizer.save_pretrained(stage / "adapter")
@@ -452,6 +433,31 @@ def train(config: RunConfig, progress: bool = True) -> Path:
     return out
 
 
+def _trainer_args(config: RunConfig, stage: Path, progress: bool):
+    from procon.trainer import ProConConfig
+
+    return ProConConfig(
+        output_dir=str(stage / "checkpoints"),
+        procon_method=config.method,
+        procon_alpha=config.alpha,
+        procon_warmup_epochs=config.warmup_epochs,
+        procon_layers=config.layers,
+        learning_rate=config.training.learning_rate,
+        num_train_epochs=config.training.epochs,
+        per_device_train_batch_size=config.training.batch_size,
+        gradient_accumulation_steps=config.training.gradient_accumulation_steps,
+        logging_steps=config.training.logging_steps,
+        save_strategy="epoch" if config.training.save_every_epoch else "no",
+        save_only_model=True,
+        report_to=config.training.report_to,
+        seed=config.training.seed,
+        activation_checkpointing=config.training.gradient_checkpointing,
+        bf16=config.training.bf16,
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
 def _model_fingerprint(model_id: str) -> str:
     """Identify the model weights for the anchors cache: the id plus size and mtime of each weight file.
 
@@ -467,15 +473,11 @@ def _model_fingerprint(model_id: str) -> str:
 
 
 def _save_anchors_cache(anchors, cache: Path) -> None:
-    # Write beside the target and rename, so an interrupted save never leaves a truncated file.
-    from procon.io import make_public
+    # The rename makes sure an interrupted save never leaves a truncated cache file.
+    from procon.io import atomic_write
 
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        anchors.save(tmp)
-        make_public(tmp)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda tmp: anchors.save(Path(tmp)), suffix=".safetensors")
     except OSError as exc:
         logger.warning("cannot write anchors cache %s (%s); continuing without it", cache, exc)
 
