@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_step.py [--sizes toy 25m] [--steps 20] [--seq 256] [--batch 8]
 
 For each model size, a randomly initialised Llama model gets the same LoRA adapter, data and
-batch; vanilla and ProCon steps (forward, backward, optimizer step) alternate so that machine
-noise hits both alike. Prints the median step-time ratio ProCon / vanilla, and on CUDA the
+batch. Vanilla and ProCon steps (forward, backward, optimizer step) alternate, so machine noise
+hits both alike. Prints the median step-time ratio ProCon / vanilla, and on CUDA the
 peak-memory ratio. Anchors are random numbers of the right shape: their values do not change
 the cost.
 """

@@ -160,7 +160,7 @@ def separation(harmful: torch.Tensor, harmless: torch.Tensor, holdout_fraction: 
                seed: int = 0) -> list[dict]:
     """Measure per position how well r separates the two sets on prompts it was not fit on.
 
-    Directions and the midpoint threshold come from the training part of each set; accuracy is
+    Directions and the midpoint threshold come from the training part of each set. Accuracy is
     the share of held-out prompts on the right side of the threshold.
     """
     harmful, harmless = harmful.float(), harmless.float()

@@ -2,8 +2,8 @@
 
     procon drift --model M --adapters A1 A2 --harmful FILE --harmless FILE --out DIR
 
-Each adapter is applied to the base model and r is extracted again on the same prompts;
-a cosine of 1 means the direction did not move. Lower means more drift.
+Each adapter is applied to the base model and r is extracted again on the same prompts.
+A cosine of 1 means the direction did not move, and lower means more drift.
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ def resolve_positions(layer_set: str | Sequence[int], n_positions: int) -> list[
 def capture_residual(model: nn.Module, positions: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Record the hidden states [batch, seq, hidden] at `positions` during forward passes.
 
-    The yielded dict is filled on every forward pass, keyed by position; tensors keep their
-    autograd graph so that a loss can be built from them.
+    The yielded dict is filled on every forward pass and keyed by position. The tensors keep
+    their autograd graph, so a loss can be built from them.
     """
     layers = decoder_layers(model)
     n_blocks = len(layers)
