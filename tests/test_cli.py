@@ -60,7 +60,10 @@ def test_end_to_end_commands(capsys, tmp_path, tiny_model_dir, toy_data):
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["method"] == "procon_wu_safe"
     assert resolved["resolved_alpha"] == 1.0
-    assert resolved["data"] == {"pairs": 32, "safety_samples": 8, "files": resolved["data"]["files"]}
+    assert resolved["data"]["pairs"] == 32
+    assert resolved["data"]["safety_samples"] == 8
+    assert resolved["data"]["skipped_too_long"] == 0
+    assert sorted(resolved["data"]["files"]) == [str(toy_data / "attack.jsonl"), str(toy_data / "skill_train.jsonl")]
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [entry for entry in logs if "procon_alpha" in entry]
     assert steps[0]["procon_alpha"] == 1.0

@@ -20,7 +20,7 @@ import yaml
 from procon.chat import IGNORE_INDEX, ChatCollator, encode_example, require_chat_template
 from procon.data import load_pairs, load_prompts
 from procon.errors import InputError
-from procon.io import atomic_write_text, sha256_file, staged_dir
+from procon.io import atomic_write_text, check_output_dir, sha256_file, staged_dir
 from procon.residual import parse_layer_set
 
 logger = logging.getLogger(__name__)
@@ -347,8 +347,6 @@ def train(config: RunConfig, progress: bool = True) -> Path:
     from procon.residual import num_positions, resolve_positions
     from procon.trainer import Anchors, ProConTrainer, anchors_key, record_anchors
 
-    from procon.io import check_output_dir
-
     start = time.time()
     check_output_dir(config.output_dir)
     set_seed(config.training.seed)
@@ -422,12 +420,12 @@ def train(config: RunConfig, progress: bool = True) -> Path:
         resolved = dataclasses.asdict(config)
         resolved["resolved_alpha"] = args.procon_alpha
         resolved["positions"] = positions
-        resolved["data"] = {"pairs": len(pairs), "safety_samples": len(safety),
+        resolved["data"] = {"pairs": len(pairs), "safety_samples": len(safety), "skipped_too_long": len(skipped),
                             "files": {item.path: _file_hash(item.path) for item in config.train_data}}
         atomic_write_text(stage / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         history = "\n".join(json.dumps(entry) for entry in trainer.state.log_history) + "\n"
         atomic_write_text(stage / "metrics.jsonl", history)
-        if directions is not None and config.method != "vanilla":
+        if config.method != "vanilla":
             directions.save(stage / "directions")
         logger.info("training finished in %.1f s", time.time() - start)
     return out
