@@ -62,7 +62,17 @@ def test_end_to_end_commands(capsys, tmp_path, tiny_model_dir, toy_data):
     assert resolved["resolved_alpha"] == 1.0
     assert resolved["data"]["pairs"] == 32
     assert resolved["data"]["safety_samples"] == 8
-    assert resolved["data"]["skipped_too_long"] == 0
+    # Counted independently: prompts whose templated token length leaves no room for a response.
+    from transformers import AutoTokenizer
+
+    from procon.chat import encode_prompt
+    from procon.data import load_pairs
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = (load_pairs(str(toy_data / "skill_train.jsonl"))[:24] + load_pairs(str(toy_data / "attack.jsonl"))[:8]
+            + load_pairs(str(toy_data / "safety.jsonl"))[:8])
+    too_long = sum(len(encode_prompt(tokenizer, row["prompt"])) >= 64 for row in rows)
+    assert resolved["data"]["skipped_too_long"] == too_long
     assert sorted(resolved["data"]["files"]) == [str(toy_data / "attack.jsonl"), str(toy_data / "skill_train.jsonl")]
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [entry for entry in logs if "procon_alpha" in entry]
