@@ -7,7 +7,8 @@ Stages, each against its baseline:
   same batches (the target is a ratio of at most 1);
 - direction extraction: prompts per second, against a plain no-grad forward pass over the same
   prompts in the same batches (the target is at least 0.9);
-- generation: generated tokens and responses per second of batched greedy decoding (no baseline).
+- generation: generated tokens and responses per second of batched greedy decoding (no baseline);
+- anchors again, against one LoRA training epoch over the same batches, and their size on disk.
 Build the toy model first: procon toy build --out runs/toy
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,6 +98,35 @@ def main() -> None:
     tokens = sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in responses)
     print(f"generation: {len(responses) / gen_s:.1f} responses/s, about {tokens / gen_s:.0f} tokens/s "
           f"(greedy, batch 64, at most 32 new tokens; tokens re-counted from the decoded text)")
+
+    # Anchors against one LoRA training epoch over the same batches, and their size on disk.
+    anchors = record_anchors(model, encoded, directions, positions, tokenizer.pad_token_id, batch_size=args.batch,
+                             progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "anchors.safetensors"
+        anchors.save(path)
+        size = path.stat().st_size
+    epoch_s = train_epoch(model, batches)
+    print(f"anchors vs one LoRA epoch (forward, backward, AdamW over the same batches): {anchors_s:.3f} s vs "
+          f"{epoch_s:.3f} s, ratio {anchors_s / epoch_s:.3f}; on disk {size / 1e6:.2f} MB "
+          f"({anchors.values.shape[0]} response tokens x {len(positions)} positions x 4 bytes + offsets)")
+
+
+def train_epoch(model, batches: list[dict]) -> float:
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    peft_model.train()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+
+    def epoch() -> None:
+        for batch in batches:
+            peft_model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    epoch()  # the first epoch pays one-time allocation costs; not timed
+    return timed(epoch)
 
 
 if __name__ == "__main__":

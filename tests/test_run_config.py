@@ -60,3 +60,24 @@ def test_validation_messages(tmp_path, data, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(InputError, match="nope.yaml: config file not found"):
         load_run_config(str(tmp_path / "nope.yaml"))
+
+
+def test_anchors_cache_key_follows_weight_content(tiny_model_dir, tmp_path):
+    import hashlib
+    import shutil
+
+    from procon.run import _model_fingerprint
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    memo = tmp_path / "memo"
+    original = _model_fingerprint(str(tiny_model_dir), memo)
+    # A copy elsewhere has the same weights, so it shares the cache entry.
+    assert _model_fingerprint(str(copy), memo) == original
+    weights = copy / "model.safetensors"
+    expected = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert original == f"model.safetensors:{expected}"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert _model_fingerprint(str(copy), memo) != original

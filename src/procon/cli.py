@@ -1,4 +1,4 @@
-"""The `procon` command line: toy build, direction, train, drift, eval and demo.
+"""The `procon` command line: toy build, direction, train, drift, eval, grid and demo.
 
 Bad input ends with one line on stderr (`procon: error: ...`) and exit code 2.
 """
@@ -43,9 +43,22 @@ def _prompts(args, name: str) -> list[str] | None:
 def cmd_toy_build(args) -> None:
     from procon.toy.build import ToyBuildConfig, build_toy
 
-    out = build_toy(args.out, ToyBuildConfig(seed=args.seed), force=args.force)
-    print(f"toy model: {out / 'model'}")
-    print(f"toy data:  {out / 'data'} (harmful_train/direction_*, eval_*, skill_*, attack, safety as JSONL)")
+    args.out = args.out or ("runs/micro" if args.recipe == "real" else "runs/toy")
+    if args.recipe == "real":
+        from procon.toy.real import RealBuildConfig, build_real
+
+        if not args.data:
+            raise InputError("--recipe real needs --data, the shared data folder (e.g. ../shared/data)")
+        out = build_real(args.out, args.data, RealBuildConfig(seed=args.seed), force=args.force)
+        print(f"micro model: {out / 'model'}")
+        print(f"data:        {out / 'data'} (build_*, direction_*, eval_*, sst2_*, ag_news_*, attack, "
+              "safety_reserved as JSONL)")
+    else:
+        if args.data:
+            raise InputError("--data is only used with --recipe real")
+        out = build_toy(args.out, ToyBuildConfig(seed=args.seed), force=args.force)
+        print(f"toy model: {out / 'model'}")
+        print(f"toy data:  {out / 'data'} (harmful_train/direction_*, eval_*, skill_*, attack, safety as JSONL)")
     checks = _read_json(out / "build_info.json").get("checks")
     if checks:
         from procon.report import format_table
@@ -174,6 +187,16 @@ def cmd_eval(args) -> None:
     print(f"wrote {Path(args.out) / 'metrics.json'} and generations.jsonl")
 
 
+def cmd_grid(args) -> None:
+    from procon.grid import run_grid
+
+    summary = run_grid(args.config, quick=args.quick,
+                       overrides={"out": args.out, "data": args.data, "model_dir": args.model_dir})
+    out = Path(summary["config"]["out"])
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+
+
 def cmd_demo(args) -> None:
     from procon.demo import run_demo
 
@@ -191,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     toy = sub.add_parser("toy", help="the built-in toy world").add_subparsers(dest="toy_command", required=True)
     toy_build = toy.add_parser("build", help="build the toy aligned chat model and its data (cached)")
-    toy_build.add_argument("--out", default="runs/toy", help="output directory (model/ and data/)")
+    toy_build.add_argument("--out", default=None,
+                           help="output directory (model/ and data/); default runs/toy, or runs/micro with --recipe real")
+    toy_build.add_argument("--recipe", choices=["toy", "real"], default="toy",
+                           help="toy: the synthetic toy world; real: a micro chat model from the real datasets in --data")
+    toy_build.add_argument("--data", default=None, help="with --recipe real: the shared data folder (../shared/data)")
     toy_build.add_argument("--seed", type=int, default=0, help="seed for data and training")
     toy_build.add_argument("--force", action="store_true", help="rebuild even if an up-to-date build exists")
     toy_build.set_defaults(func=cmd_toy_build)
@@ -253,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=positive_int, default=32, help="prompts per generation batch")
     ev.add_argument("--out", required=True, help="output directory")
     ev.set_defaults(func=cmd_eval)
+
+    grid = sub.add_parser("grid", help="micro-reproduction grid on real data: every method, scenario and seed")
+    grid.add_argument("--config", required=True, help="grid YAML file, e.g. configs/micro_repro.yaml")
+    grid.add_argument("--quick", action="store_true", help="apply the config's 'quick' section (a reduced grid)")
+    grid.add_argument("--out", default=None, help="output directory (overrides the config's 'out')")
+    grid.add_argument("--data", default=None, help="shared data folder (overrides the config's 'data')")
+    grid.add_argument("--model-dir", default=None, help="micro model directory (overrides 'model_dir')")
+    grid.set_defaults(func=cmd_grid)
 
     demo = sub.add_parser("demo", help="toy model end to end: vanilla vs ProCon under a fine-tuning attack")
     demo.add_argument("--out", default="runs/demo", help="output directory")

@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from procon.chat import encode_prompt
+from procon.chat import format_prompt
 from procon.errors import InputError
-from procon.residual import capture_residual, num_positions
+from procon.residual import backbone, capture_residual, num_positions
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +133,16 @@ def final_token_activations(model, tokenizer, prompts: list[str], batch_size: in
     at its own index and no position ids shift.
     """
     model.eval()
-    encoded = [encode_prompt(tokenizer, p, system_prompt) for p in prompts]
+    # One batched tokenizer call; the template still renders each prompt on its own.
+    texts = [format_prompt(tokenizer, p, system_prompt) for p in prompts]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     positions = list(range(num_positions(model)))
     device = next(model.parameters()).device
     out = torch.empty(len(prompts), len(positions), model.config.hidden_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    stack = backbone(model)
     with capture_residual(model, positions) as captured:
         for batch in tqdm(batches, desc="activations", disable=not progress, leave=False):
             width = max(len(encoded[i]) for i in batch)
@@ -148,7 +151,7 @@ def final_token_activations(model, tokenizer, prompts: list[str], batch_size: in
             for row, index in enumerate(batch):
                 ids[row, :len(encoded[index])] = torch.tensor(encoded[index])
                 mask[row, :len(encoded[index])] = 1
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            stack(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             last = mask.sum(dim=1) - 1
             rows = torch.arange(len(batch))
             for p in positions:

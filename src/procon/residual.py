@@ -33,6 +33,18 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"cannot find the decoder blocks of {type(base).__name__}")
 
 
+def backbone(model: nn.Module) -> nn.Module:
+    """Return the decoder stack without the language-modelling head, looking through PEFT wrappers.
+
+    Reading residual states needs no logits, and the head's [batch, seq, vocab] product is a
+    large part of a small model's forward pass. Falls back to the whole model.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(base, "base_model_prefix", "")
+    inner = getattr(base, prefix, None) if prefix else None
+    return inner if isinstance(inner, nn.Module) and inner is not base else base
+
+
 def num_positions(model: nn.Module) -> int:
     """Number of residual positions: one per block input plus the last block's output."""
     return len(decoder_layers(model)) + 1

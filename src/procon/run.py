@@ -394,8 +394,9 @@ def train(config: RunConfig, progress: bool = True) -> Path:
     with staged_dir(out) as stage:
         anchors = None
         if config.method != "vanilla":
-            key = anchors_key(_model_fingerprint(config.model), directions.vectors, positions, encoded)
-            cache = out.parent / ".anchors" / f"{key}.safetensors"
+            cache_dir = out.parent / ".anchors"
+            key = anchors_key(_model_fingerprint(config.model, cache_dir), directions.vectors, positions, encoded)
+            cache = cache_dir / f"{key}.safetensors"
             if cache.is_file():
                 try:
                     anchors = Anchors.load(cache)
@@ -456,18 +457,38 @@ def _trainer_args(config: RunConfig, stage: Path, progress: bool):
     )
 
 
-def _model_fingerprint(model_id: str) -> str:
-    """Identify the model weights for the anchors cache: the id plus size and mtime of each weight file.
+def _model_fingerprint(model_id: str, memo_dir: Path | None = None) -> str:
+    """Identify the model weights for the anchors cache by a SHA-256 of each weight file's content.
 
-    Hashing the weights themselves would read gigabytes; a rewritten weight file changes its
-    size or mtime, which is enough to invalidate the cache.
+    Hashing reads every weight file once (seconds for a 7B model); the hash is remembered in
+    `memo_dir` under the file's path, size and mtime, so later runs of a grid skip the read.
+    A model id that is not a local directory (a hub id) is used as it is.
     """
     path = Path(model_id)
     if not path.is_dir():
         return model_id
-    stats = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.iterdir())
-             if f.suffix in (".safetensors", ".bin") and f.is_file()]
-    return f"{path.resolve()}|{'|'.join(stats)}"
+    memo_path = memo_dir / "weight-hashes.json" if memo_dir else None
+    memo: dict[str, str] = {}
+    if memo_path and memo_path.is_file():
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+    hashes = []
+    for weight in sorted(path.iterdir()):
+        if weight.suffix not in (".safetensors", ".bin") or not weight.is_file():
+            continue
+        stat = weight.stat()
+        key = f"{weight.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in memo:
+            memo[key] = sha256_file(str(weight))
+        hashes.append(f"{weight.name}:{memo[key]}")
+    if memo_path:
+        try:
+            atomic_write_text(memo_path, json.dumps(memo, indent=1))
+        except OSError as exc:
+            logger.warning("cannot write %s (%s); weight hashes will be computed again", memo_path, exc)
+    return "|".join(hashes) or str(path.resolve())
 
 
 def _save_anchors_cache(anchors, cache: Path) -> None:

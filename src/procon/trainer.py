@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from procon.chat import IGNORE_INDEX, ChatCollator
-from procon.residual import capture_residual, parse_layer_set
+from procon.residual import backbone, capture_residual, parse_layer_set
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +110,34 @@ class Anchors:
 
     @classmethod
     def load(cls, path: Path) -> "Anchors":
-        from safetensors import safe_open
+        """Open a saved anchors file with `values` memory-mapped: a step reads only its samples' rows.
 
-        with safe_open(str(path), framework="pt") as handle:
-            positions = [int(p) for p in handle.metadata()["positions"].split(",")]
-        tensors = load_file(str(path))
-        return cls(values=tensors["values"], offsets=tensors["offsets"], positions=positions)
+        The safetensors layout is an 8-byte header length, a JSON header, then raw little-endian data.
+        """
+        import json
+        import struct
+
+        import numpy as np
+
+        with open(path, "rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(header_size))
+        data_start = 8 + header_size
+
+        def mapped(name: str, dtype: str, np_dtype) -> torch.Tensor:
+            info = header[name]
+            if info["dtype"] != dtype:
+                raise ValueError(f"{path}: tensor {name!r} is {info['dtype']}; expected {dtype}")
+            begin, end = info["data_offsets"]
+            shape = tuple(info["shape"])
+            if end == begin:
+                return torch.zeros(shape, dtype=torch.float32 if dtype == "F32" else torch.int64)
+            # Copy-on-write keeps the file read-only and gives torch a writable array.
+            return torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="c", offset=data_start + begin, shape=shape))
+
+        positions = [int(p) for p in header["__metadata__"]["positions"].split(",")]
+        offsets = mapped("offsets", "I64", "<i8").clone()
+        return cls(values=mapped("values", "F32", "<f4"), offsets=offsets, positions=positions)
 
 
 def anchors_key(model_id: str, directions: torch.Tensor, positions: list[int], encoded: list[dict]) -> str:
@@ -145,12 +167,13 @@ def record_anchors(model, encoded: list[dict], directions: torch.Tensor, positio
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     disable = model.disable_adapter() if hasattr(model, "disable_adapter") else _null_context()
+    stack = backbone(model)
     with disable, capture_residual(model, positions) as captured:
         for batch in tqdm(batches, desc="anchors", disable=not progress, leave=False):
             features = [{"input_ids": encoded[i]["input_ids"], "labels": encoded[i]["labels"]} for i in batch]
             inputs = collator(features)
             mask = response_mask(inputs["labels"])
-            model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
+            stack(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
                   use_cache=False)
             r = directions[positions].to(device=device, dtype=torch.float32)
             for row, index in enumerate(batch):
