@@ -6,10 +6,10 @@
 
 For each model size, a randomly initialised Llama model gets the same LoRA adapter, data and
 batch. Vanilla and ProCon steps (forward, backward, optimizer step) alternate, so machine noise
-hits both alike; the ratio is of the medians. Peak memory: on CUDA the allocator's peak per
-method; on CPU each method runs a few steps in a fresh subprocess and the peak resident set
-size is compared, both in total and as the increase over the loaded model. Anchors are random
-numbers of the right shape: their values do not change the cost.
+hits both alike, and the ratio is of the medians. On CUDA, peak memory is the allocator's peak
+per method. On CPU, each method runs a few steps in a fresh subprocess, and the peak resident
+set size is compared in total and as the increase over the loaded model. Anchors are random
+numbers of the right shape, because their values do not change the cost.
 
 With --trainers, whole Trainer steps are compared as well, the way users run them: procon's
 ProConTrainer (vanilla and ProCon) against TRL's SFTTrainer with the same LoRA adapter and

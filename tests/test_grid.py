@@ -15,16 +15,16 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "micro_repro.yaml"
 def test_full_config_plans_key_rows_over_every_seed():
     config = load_grid_config(str(CONFIG))
     plan = planned_runs(config)
-    # 10 rows; vanilla, safeinstr and procon_wu_safe run in both scenarios over 3 seeds,
-    # the 7 others once in the attack scenario.
-    assert len(plan) == 3 * 2 * 3 + 7
+    # 10 rows. vanilla, safeinstr and procon_wu_safe run 3 seeds in the attack scenario and
+    # seed 0 in the benign one; the 7 others run once in the attack scenario.
+    assert len(plan) == 3 * 3 + 3 + 7
     assert ("attack", "procon_wu_safe", 2) in {(s, r.name, seed) for s, r, seed in plan}
 
 
 def test_quick_section_selects_rows_and_replaces_fields():
     config = load_grid_config(str(CONFIG), quick=True)
-    assert [run.name for run in config.runs] == ["vanilla", "safeinstr", "procon_s_a0.1", "procon_wu_a1_k1",
-                                                  "procon_wu_safe", "procon_wu_safe_last"]
+    assert [run.name for run in config.runs] == ["vanilla", "safeinstr", "procon_s_a0.1", "procon_wu_safe",
+                                                  "procon_wu_safe_last"]
     assert config.epochs == 2
     assert config.out == "runs/micro_repro_quick"
 
@@ -80,19 +80,33 @@ def _run(name, method, asr, cos, layers="paper+output", safety=False, alpha=None
             "alpha": alpha, "seed": seed, "asr": {"advbench/plain": asr}}
 
 
+def test_main_table_gives_mean_and_sample_std_over_seeds():
+    from procon.grid_report import main_table
+
+    runs = [_run("vanilla", "vanilla", asr, [[0.9, 0.8]], seed=seed) for seed, asr in enumerate((0.2, 0.4, 0.9))]
+    base = {"asr_mean": 0.1, "over_refusal": 0.0, "task_accuracy": 0.0}
+    rows = main_table({"base": base, "runs": runs}, "attack")
+    # Mean 0.5, sample std sqrt(((0.3)^2 + (0.1)^2 + (0.4)^2) / 2) = sqrt(0.13) = 0.3606.
+    assert rows[1]["ASR mean ↓"] == "0.500 ± 0.361"
+    assert rows[1]["seeds"] == "0,1,2"
+    assert rows[1]["min drift cos ↑"] == "0.800 ± 0.000"
+
+
 def test_claim_verdicts_follow_the_numbers():
     from procon.grid_report import claims
 
-    # Vanilla drift (1 - cos): epoch 1 mean 0.3, epoch 2 mean 0.4, so epoch 1 holds 75% of
-    # the final drift; in epoch 2 the deep half (0.6) drifts more than the shallow half (0.2).
+    # Vanilla drift (1 - cos): epoch 1 mean 0.3, epoch 2 mean 0.4, so epoch 1 adds 0.3 and
+    # epoch 2 adds 0.1 (75% of the final drift comes in epoch 1). In epoch 2 the deep half
+    # (0.6) drifts more than the shallow half (0.2).
     vanilla = _run("vanilla", "vanilla", 0.8, [[0.9, 0.5], [0.8, 0.4]])
     constant = _run("procon_s", "procon", 0.5, [[0.95, 0.9], [0.95, 0.9]], alpha=0.1)
     safe = _run("procon_wu_safe", "procon_wu_safe", 0.3, [[0.99, 0.98], [0.97, 0.95]], safety=True, alpha=1.0)
     last = _run("last", "procon_wu_safe", 0.6, [[0.9, 0.9], [0.8, 0.8]], layers="last", safety=True, alpha=1.0)
     summary = {"positions": [0, 1], "runs": [vanilla, constant, safe, last]}
     verdicts = {row["claim"]: row for row in claims(summary)}
-    drift = verdicts["drift grows early (epoch 1) and most in deep layers"]
+    drift = verdicts["drift grows most in epoch 1 and most in deep layers"]
     assert drift["verdict"] == "reproduced"
+    assert "+0.300, +0.100" in drift["evidence"]
     assert "75%" in drift["evidence"]
     assert verdicts["the constraint reduces drift and ASR"]["verdict"] == "reproduced"
     assert verdicts["warm-up + safety data beats a constant small α"]["verdict"] == "reproduced"

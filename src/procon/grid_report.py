@@ -89,19 +89,21 @@ def claims(summary: dict, scenario: str = "attack") -> list[dict]:
     n_pos = len(summary["positions"])
     if vanilla and vanilla[0]["drift_cos"]:
         drift = [[1 - c for c in row] for row in vanilla[0]["drift_cos"]]
-        final = [d for d in drift[-1] if d == d]
-        first = [d for d in drift[0] if d == d]
-        early = sum(first) / len(first) / (sum(final) / len(final)) if final and sum(final) > 0 else float("nan")
+        per_epoch = [_mean(row) for row in drift]
+        increments = [b - a for a, b in zip([0.0] + per_epoch[:-1], per_epoch)]
+        early = per_epoch[0] / per_epoch[-1] if per_epoch[-1] > 0 else float("nan")
+        # Epoch 1 adds more drift than any later epoch.
+        early_ok = increments[0] == max(increments)
         half = n_pos // 2
         shallow = [d for d in drift[-1][:half] if d == d]
         deep = [d for d in drift[-1][half:] if d == d]
-        deeper = (sum(deep) / len(deep)) > (sum(shallow) / len(shallow)) if deep and shallow else False
-        early_ok = early >= 0.5
+        deeper = bool(deep and shallow and _mean(deep) > _mean(shallow))
         verdict = "reproduced" if early_ok and deeper else ("mixed" if early_ok or deeper else "not reproduced")
-        out.append({"claim": "drift grows early (epoch 1) and most in deep layers", "verdict": verdict,
-                    "evidence": f"vanilla seed {vanilla[0]['seed']}: epoch-1 drift is {early:.0%} of the final "
-                                f"drift; final mean drift (1 - cos) deep half {_mean(deep):.3f} vs shallow half "
-                                f"{_mean(shallow):.3f}"})
+        steps = ", ".join(f"{value:+.3f}" for value in increments)
+        out.append({"claim": "drift grows most in epoch 1 and most in deep layers", "verdict": verdict,
+                    "evidence": f"vanilla seed {vanilla[0]['seed']}: mean drift (1 - cos) added per epoch {steps} "
+                                f"(epoch 1 is {early:.0%} of the final drift); final drift deep half "
+                                f"{_mean(deep):.3f} vs shallow half {_mean(shallow):.3f}"})
     constrained = [r for r in summary["runs"] if r["scenario"] == scenario and r["method"] != "vanilla"
                    and r["layers"] != "last"]
     if vanilla and constrained:

@@ -2,9 +2,9 @@
 
     procon toy build --recipe real --data ../shared/data --out runs/micro
 
-A small Llama model learns from scratch to answer benign instructions (Alpaca, AlpacaEval
-references, the Alpaca/Dolly subsets of Qi et al. 2023) and to refuse harmful ones
-(safety-tuned-llamas refusals). It stands in for an aligned 7B chat model in the
+A small Llama model learns from scratch to respond to benign instructions (Alpaca, AlpacaEval
+reference outputs, the Alpaca and Dolly subsets of Qi et al. 2023, "Fine-tuning Aligned Language
+Models Compromises Safety") and to refuse harmful ones (safety-tuned-llamas refusals). It stands in for an aligned 7B chat model in the
 micro-reproduction grid (`procon grid`), where only its refusal behaviour and its
 hidden states matter, so it learns only the first `response_tokens` tokens of each
 response: enough to open with an answer or with a refusal.
@@ -37,7 +37,7 @@ from procon.io import atomic_write_json, staged_dir
 
 logger = logging.getLogger(__name__)
 
-REAL_BUILD_VERSION = 1  # bump when the data mix or the recipe changes
+REAL_BUILD_VERSION = 1  # Bump it when the data mix or the recipe changes, so that cached builds are rebuilt.
 
 # Paths inside the shared data folder (see its README.md and each SOURCE.md for licenses).
 SOURCES = {
