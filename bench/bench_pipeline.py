@@ -9,7 +9,8 @@ Stages, each against its baseline:
   prompts in the same batches (the target is at least 0.9);
 - generation: generated tokens and responses per second of batched greedy decoding (no baseline);
 - anchors again, against one LoRA training epoch over the same batches, and their size on disk.
-Build the toy model first: procon toy build --out runs/toy
+Build a model first: procon toy build --out runs/toy, or with --recipe real for the micro model
+(then pass --model runs/micro/model --data runs/micro/data).
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def main() -> None:
     model.eval()
     print(f"model {args.model}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}")
 
-    train_rows = _rows(data / "skill_train.jsonl") + _rows(data / "attack.jsonl")
+    # The toy build and the real-data micro build name their files differently.
+    toy = (data / "skill_train.jsonl").is_file()
+    train_rows = _rows(data / "attack.jsonl") + _rows(data / ("skill_train.jsonl" if toy else "alpaca_finetune.jsonl"))
     encoded = [encode_example(tokenizer, r["prompt"], r["response"], 128) for r in train_rows]
     collator = ChatCollator(tokenizer.pad_token_id)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
@@ -91,7 +94,7 @@ def main() -> None:
     print(f"direction extraction: {len(prompts) / extract_s:.0f} prompts/s vs plain forward "
           f"{len(prompts) / plain_s:.0f} prompts/s, ratio {plain_s / extract_s:.3f} (target >= 0.9)")
 
-    eval_prompts = [r["prompt"] for r in _rows(data / "eval_harmful.jsonl")][:256]
+    eval_prompts = [r["prompt"] for r in _rows(data / ("eval_harmful.jsonl" if toy else "eval_advbench.jsonl"))][:256]
     start = time.perf_counter()
     responses = generate_responses(model, tokenizer, eval_prompts, batch_size=64, max_new_tokens=32, progress=False)
     gen_s = time.perf_counter() - start

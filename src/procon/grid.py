@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from procon.errors import InputError
-from procon.io import atomic_write_json, atomic_write_text
+from procon.io import OUTPUT_MARKER, atomic_write_json, atomic_write_text, check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -289,8 +289,11 @@ def run_grid(config_path: str, quick: bool = False, overrides: dict[str, Any] | 
         raise InputError(f"{config_path}: build: unknown field '{unknown[0]}'; expected one of "
                          f"{', '.join(sorted(build_fields))}")
     build_config = RealBuildConfig(**config.build)
-    out = Path(config.out)
+    out = check_output_dir(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    # The marker lets a later call resume into this directory.
+    (out / OUTPUT_MARKER).write_text("written by procon grid; a later grid with this output directory resumes "
+                                     "from the finished runs\n")
 
     logger.info("grid step 1/4: micro model in %s", config.model_dir)
     build_real(config.model_dir, config.data, build_config)
@@ -333,7 +336,7 @@ def run_grid(config_path: str, quick: bool = False, overrides: dict[str, Any] | 
         run_dir = out / "runs" / rid
         result_path = run_dir / "result.json"
         if result_path.is_file():
-            results.append(json.loads(result_path.read_text()))
+            results.append(_read_result(result_path))
             logger.info("[%d/%d] %s: done earlier, reusing its result", number, len(plan), rid)
             continue
         run_start = time.time()
@@ -379,6 +382,13 @@ def run_grid(config_path: str, quick: bool = False, overrides: dict[str, Any] | 
     return summary
 
 
+def _read_result(path: Path) -> dict:
+    """Load a finished run's result; JSON stores NaN cosines (zero directions) as null."""
+    result = json.loads(path.read_text())
+    result["drift_cos"] = [[math.nan if c is None else c for c in row] for row in result["drift_cos"]]
+    return result
+
+
 def _resolved_alpha(run_dir: Path) -> float | None:
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     return resolved.get("resolved_alpha")
@@ -390,8 +400,9 @@ def _write_generations(path: Path, records: list[dict]) -> None:
 
 
 def _min_cos(rows: list[list[float]]) -> float:
-    values = [c for row in rows for c in row if c == c]
-    return min(values) if values else float("nan")
+    from procon.drift import min_cos
+
+    return min_cos([c for row in rows for c in row])
 
 
 def _json_safe(value):

@@ -26,8 +26,9 @@ def _fmt(mean: float, std: float, n: int) -> str:
 
 
 def _min_cos(rows: list[list[float]]) -> float:
-    values = [c for row in rows for c in row if c == c]
-    return min(values) if values else float("nan")
+    from procon.drift import min_cos
+
+    return min_cos([c for row in rows for c in row])
 
 
 def group_runs(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:

@@ -82,10 +82,14 @@ def procon_term(hidden: dict[int, torch.Tensor], directions: torch.Tensor, posit
     `hidden[p]` is [batch, seq, hidden]; `directions` is [all positions, hidden]; `anchors`
     is [response tokens in the batch, len(positions)] in the row-major order of `mask`.
     """
-    selected = torch.stack([hidden[p][mask] for p in positions], dim=1)  # [tokens, P, hidden]
-    r = directions[positions].to(device=selected.device, dtype=torch.float32)
-    z = torch.einsum("nph,ph->np", selected.float(), r)
-    return (z - anchors.to(z.device)).abs().sum() / mask.shape[0]
+    device = hidden[positions[0]].device
+    r = directions[positions].to(device=device, dtype=torch.float32)
+    mask = mask.to(device)
+    # Project every token first and keep the response tokens after: a [tokens, P, hidden] copy
+    # of the states is never built. Autocast is off so that the dot products run in float32.
+    with torch.autocast(device_type=device.type, enabled=False):
+        z = torch.stack([torch.matmul(hidden[p].float(), r[i])[mask] for i, p in enumerate(positions)], dim=1)
+        return (z - anchors.to(device)).abs().sum() / mask.shape[0]
 
 
 @dataclass
