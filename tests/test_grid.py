@@ -16,7 +16,7 @@ def test_full_config_plans_key_rows_over_every_seed():
     config = load_grid_config(str(CONFIG))
     plan = planned_runs(config)
     # 10 rows. vanilla, safeinstr and procon_wu_safe run 3 seeds in the attack scenario and
-    # seed 0 in the benign one; the 7 others run once in the attack scenario.
+    # seed 0 in the benign one. The 7 others run once, in the attack scenario.
     assert len(plan) == 3 * 3 + 3 + 7
     assert ("attack", "procon_wu_safe", 2) in {(s, r.name, seed) for s, r, seed in plan}
 

@@ -198,7 +198,7 @@ def _lora_grads(model, trainer, batch) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("use_reentrant", [False, True])
 def test_gradient_checkpointing_gives_the_same_gradients(lora_setup, tmp_path, use_reentrant):
     # Checkpointing runs each block's forward again during backward, and with it the capture
-    # hooks; the ProCon gradient must not change.
+    # hooks. The ProCon gradient must not change.
     model, tokenizer, encoded, directions, positions, _ = lora_setup
     anchors = record_anchors(model, encoded, directions, positions, tokenizer.pad_token_id, progress=False)
     torch.manual_seed(1)
