@@ -44,6 +44,8 @@ def test_config_errors_name_the_field(tmp_path):
         load_grid_config(_write(tmp_path, "runs: [{name: a}, {name: a}]\n"))
     with pytest.raises(InputError, match="field 'epochs' is 0"):
         load_grid_config(_write(tmp_path, "epochs: 0\nruns: [{name: a}]\n"))
+    with pytest.raises(InputError, match="--quick needs a 'quick' section"):
+        load_grid_config(_write(tmp_path, "runs: [{name: a}]\n"), quick=True)
     with pytest.raises(InputError, match="quick.runs names 'b'"):
         load_grid_config(_write(tmp_path, "runs: [{name: a}]\nquick: {runs: [b]}\n"), quick=True)
 

@@ -140,7 +140,9 @@ def load_grid_config(path: str, quick: bool = False, overrides: dict[str, Any] |
     if not isinstance(values, dict):
         raise InputError(f"{path}: expected a mapping of fields at the top level")
     if quick:
-        quick_values = dict(values.get("quick") or {})
+        if not isinstance(values.get("quick"), dict) or not values["quick"]:
+            raise InputError(f"{path}: --quick needs a 'quick' section of fields to replace; the file has none")
+        quick_values = dict(values["quick"])
         keep = quick_values.pop("runs", None)
         values.update(quick_values)
         if keep is not None:
