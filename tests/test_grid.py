@@ -50,6 +50,17 @@ def test_config_errors_name_the_field(tmp_path):
         load_grid_config(_write(tmp_path, "runs: [{name: a}]\nquick: {runs: [b]}\n"), quick=True)
 
 
+def test_build_settings_reject_bad_values():
+    from procon.toy.real import RealBuildConfig
+
+    with pytest.raises(InputError, match="field 'epochs' is 'x'"):
+        RealBuildConfig(epochs="x")
+    with pytest.raises(InputError, match="field 'num_layers' is 0"):
+        RealBuildConfig(num_layers=0)
+    with pytest.raises(InputError, match="field 'refusals_only' is 1"):
+        RealBuildConfig(refusals_only=1)
+
+
 def test_templates_keep_the_instruction():
     for text in JAILBREAK_TEMPLATES.values():
         assert text.count("{prompt}") == 1
@@ -82,7 +93,7 @@ def _run(name, method, asr, cos, layers="paper+output", safety=False, alpha=None
             "alpha": alpha, "seed": seed, "asr": {"advbench/plain": asr}}
 
 
-def test_main_table_gives_mean_and_sample_std_over_seeds():
+def test_main_table_seed_mean_std():
     from procon.grid_report import main_table
 
     runs = [_run("vanilla", "vanilla", asr, [[0.9, 0.8]], seed=seed) for seed, asr in enumerate((0.2, 0.4, 0.9))]
@@ -121,7 +132,7 @@ def test_claim_verdicts_follow_the_numbers():
 
 
 @pytest.mark.shared_data
-def test_real_recipe_keeps_evaluation_prompts_out_of_every_training_set(shared_data):
+def test_real_recipe_eval_sets_disjoint(shared_data):
     from procon.toy.real import EVAL_SETS, RealBuildConfig, assemble
 
     splits, report = assemble(shared_data, RealBuildConfig())

@@ -128,17 +128,10 @@ class GridConfig:
 
 def load_grid_config(path: str, quick: bool = False, overrides: dict[str, Any] | None = None) -> GridConfig:
     """Read a grid YAML file; with `quick`, its 'quick' section replaces top-level fields first."""
-    config_path = Path(path)
-    if not config_path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark else ""
-        raise InputError(f"{path}: {line}invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(values, dict):
-        raise InputError(f"{path}: expected a mapping of fields at the top level")
+    from procon.run import read_yaml_mapping
+
+    values = read_yaml_mapping(path)
+
     if quick:
         if not isinstance(values.get("quick"), dict) or not values["quick"]:
             raise InputError(f"{path}: --quick needs a 'quick' section of fields to replace; the file has none")
@@ -176,7 +169,7 @@ def run_id(scenario: str, run: GridRun, seed: int) -> str:
 
 def planned_runs(config: GridConfig) -> list[tuple[str, GridRun, int]]:
     plan = []
-    # The attack scenario first: it holds most rows and every claim the report checks.
+    # The attack scenario goes first, because it has most rows and every claim the report checks.
     for scenario in ("attack", "benign"):
         for run in config.runs:
             if scenario not in run.scenarios:

@@ -84,7 +84,10 @@ def _find(summary: dict, scenario: str, name: str) -> list[dict]:
 
 
 def claims(summary: dict, scenario: str = "attack") -> list[dict]:
-    """Compare the grid with the paper's qualitative claims; each verdict is computed, not written by hand."""
+    """Compare the grid with the qualitative claims of the ProCon paper (arXiv 2509.06795).
+
+    Each verdict is computed from the numbers by the rules below, not written by hand.
+    """
     out = []
     vanilla = _find(summary, scenario, "vanilla")
     n_pos = len(summary["positions"])
@@ -99,7 +102,7 @@ def claims(summary: dict, scenario: str = "attack") -> list[dict]:
         shallow = [d for d in drift[-1][:half] if d == d]
         deep = [d for d in drift[-1][half:] if d == d]
         deeper = bool(deep and shallow and _mean(deep) > _mean(shallow))
-        verdict = "reproduced" if early_ok and deeper else ("mixed" if early_ok or deeper else "not reproduced")
+        verdict = _verdict(int(early_ok) + int(deeper), 2)
         steps = ", ".join(f"{value:+.3f}" for value in increments)
         out.append({"claim": "drift grows most in epoch 1 and most in deep layers", "verdict": verdict,
                     "evidence": f"vanilla seed {vanilla[0]['seed']}: mean drift (1 - cos) added per epoch {steps} "
@@ -113,8 +116,7 @@ def claims(summary: dict, scenario: str = "attack") -> list[dict]:
         lower_asr = sum(_mean([r["asr_mean"] for r in rs]) < v_asr for rs in by_row.values())
         less_drift = sum(_mean([_min_cos(r["drift_cos"]) for r in rs]) > v_cos for rs in by_row.values())
         total = len(by_row)
-        verdict = ("reproduced" if lower_asr == total and less_drift == total
-                   else "not reproduced" if lower_asr == 0 and less_drift == 0 else "mixed")
+        verdict = _verdict(lower_asr + less_drift, 2 * total)
         out.append({"claim": "the constraint reduces drift and ASR", "verdict": verdict,
                     "evidence": f"of {total} ProCon rows, {lower_asr} have lower mean ASR than vanilla "
                                 f"({v_asr:.3f}) and {less_drift} a higher min drift cos ({v_cos:.3f})"})
@@ -125,7 +127,7 @@ def claims(summary: dict, scenario: str = "attack") -> list[dict]:
         safe_asr = _mean([r["asr_mean"] for r in safe])
         const_asr = {rs[0]["label"]: _mean([r["asr_mean"] for r in rs]) for rs in constant}
         wins = sum(safe_asr < v for v in const_asr.values())
-        verdict = "reproduced" if wins == len(const_asr) else "not reproduced" if wins == 0 else "mixed"
+        verdict = _verdict(wins, len(const_asr))
         out.append({"claim": "warm-up + safety data beats a constant small α", "verdict": verdict,
                     "evidence": f"ProCon^wu_safe ASR {safe_asr:.3f} vs "
                                 + ", ".join(f"{k} {v:.3f}" for k, v in const_asr.items())})
@@ -137,6 +139,15 @@ def claims(summary: dict, scenario: str = "attack") -> list[dict]:
                     "evidence": f"ProCon^wu_safe (layer set {safe[0]['layers']}) ASR {safe_asr:.3f} vs "
                                 f"last layer only {last_asr:.3f}"})
     return out
+
+
+def _verdict(held: int, checks: int) -> str:
+    """Name the verdict when `held` of `checks` comparisons agree with the paper."""
+    if held == checks:
+        return "reproduced"
+    if held == 0:
+        return "not reproduced"
+    return "mixed"
 
 
 def _mean(values):

@@ -176,24 +176,30 @@ def _build(cls, values: Any, where: str):
     return cls(**kwargs)
 
 
+def read_yaml_mapping(path: str) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; raise InputError naming the file and line otherwise."""
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise InputError(f"{path}: config file not found" + (" (it is a directory)" if config_path.is_dir() else ""))
+    try:
+        values = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: byte {exc.start}: not valid UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        raise InputError(f"{path}: {line}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a mapping of fields at the top level")
+    return values
+
+
 def load_run_config(path: str | None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML run config and apply dotted-key overrides such as {'training.epochs': 3}."""
     values: dict[str, Any] = {}
     source = path or "command line"
     if path:
-        config_path = Path(path)
-        if not config_path.is_file():
-            raise InputError(f"{path}: config file not found" + (" (it is a directory)" if config_path.is_dir() else ""))
-        try:
-            values = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: byte {exc.start}: not valid UTF-8") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f"line {mark.line + 1}: " if mark else ""
-            raise InputError(f"{path}: {line}invalid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(values, dict):
-            raise InputError(f"{path}: expected a mapping of fields at the top level")
+        values = read_yaml_mapping(path)
     for dotted, value in (overrides or {}).items():
         _apply_override(values, dotted, value)
     if overrides:

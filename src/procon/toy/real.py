@@ -4,10 +4,10 @@
 
 A small Llama model learns from scratch to respond to benign instructions (Alpaca, AlpacaEval
 reference outputs, the Alpaca and Dolly subsets of Qi et al. 2023, "Fine-tuning Aligned Language
-Models Compromises Safety") and to refuse harmful ones (safety-tuned-llamas refusals). It stands in for an aligned 7B chat model in the
-micro-reproduction grid (`procon grid`), where only its refusal behaviour and its
-hidden states matter, so it learns only the first `response_tokens` tokens of each
-response: enough to open with an answer or with a refusal.
+Models Compromises Safety") and to refuse harmful ones (safety-tuned-llamas refusals). The
+micro-reproduction grid (`procon grid`) uses it in place of an aligned 7B chat model. There only
+its refusals and its hidden states matter, so it learns only the first `response_tokens` tokens
+of each response: enough to open with an answer or with a refusal.
 
 Every prompt used to build the model, to extract directions or to fine-tune it in the
 grid is removed from the evaluation sets by normalized text; build_info.json records
@@ -23,7 +23,7 @@ import random
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -90,6 +90,21 @@ class RealBuildConfig:
     task_test: int = 300
     alpaca_finetune: int = 200  # Alpaca pairs mixed into the fine-tuning data of the grid
     check_max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool":
+                if not isinstance(value, bool):
+                    raise InputError(f"build: field '{f.name}' is {value!r}; expected true or false")
+                continue
+            if f.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                    raise InputError(f"build: field '{f.name}' is {value!r}; expected a number > 0")
+                continue
+            lowest = 0 if f.name in ("seed", "safety_reserved", "alpaca_finetune") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise InputError(f"build: field '{f.name}' is {value!r}; expected an integer >= {lowest}")
 
 
 def normalize(text: str) -> str:
@@ -234,7 +249,7 @@ def encode_opening(tokenizer, prompt: str, response: str, max_prompt_tokens: int
 
 def refusal_rates(model, tokenizer, splits: dict[str, list[dict]], max_new_tokens: int,
                   batch_size: int = 64) -> dict[str, float]:
-    """Share of each evaluation set answered with a refusal phrase (greedy decoding)."""
+    """Return the share of each evaluation set whose greedy response contains a refusal phrase."""
     scorer = RefusalPhraseScorer()
     rates = {}
     for name in EVAL_SETS:
