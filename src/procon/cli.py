@@ -48,7 +48,7 @@ def cmd_toy_build(args) -> None:
         from procon.toy.real import RealBuildConfig, build_real
 
         if not args.data:
-            raise InputError("--recipe real needs --data, the shared data folder (e.g. ../shared/data)")
+            raise InputError("--recipe real needs --data, the folder of public datasets (AdvBench, Alpaca, ...)")
         out = build_real(args.out, args.data, RealBuildConfig(seed=args.seed), force=args.force)
         print(f"micro model: {out / 'model'}")
         print(f"data:        {out / 'data'} (build_*, direction_*, eval_*, sst2_*, ag_news_*, attack, "
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="output directory (model/ and data/); default runs/toy, or runs/micro with --recipe real")
     toy_build.add_argument("--recipe", choices=["toy", "real"], default="toy",
                            help="toy: the synthetic toy world; real: a micro chat model from the real datasets in --data")
-    toy_build.add_argument("--data", default=None, help="with --recipe real: the shared data folder (../shared/data)")
+    toy_build.add_argument("--data", default=None, help="with --recipe real: the folder of public datasets (advbench/, alpaca_sample_1k/, ...)")
     toy_build.add_argument("--seed", type=int, default=0, help="seed for data and training")
     toy_build.add_argument("--force", action="store_true", help="rebuild even if an up-to-date build exists")
     toy_build.set_defaults(func=cmd_toy_build)

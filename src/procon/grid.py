@@ -96,6 +96,7 @@ class GridConfig:
     def __post_init__(self) -> None:
         if self.task not in ("sst2", "ag_news"):
             raise InputError(f"grid config: field 'task' is {self.task!r}; expected sst2 or ag_news")
+
         for name in ("task_train", "task_test", "epochs", "batch_size", "max_length", "lora_r", "lora_alpha",
                      "max_new_tokens", "eval_max_prompt_tokens"):
             value = getattr(self, name)
@@ -113,6 +114,7 @@ class GridConfig:
             raise InputError(f"grid config: field 'eval_limit' is {self.eval_limit!r}; expected an integer >= 1")
         if not self.runs:
             raise InputError("grid config: field 'runs' is empty; expected at least one row")
+
         names = [run.name for run in self.runs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -205,7 +207,8 @@ def write_finetune_data(config: GridConfig, micro_data: Path, out: Path) -> dict
 
 
 def evaluation_sets(config: GridConfig, micro_data: Path, tokenizer) -> dict:
-    """Prompts of every harmful set in every template, the benign set, the task test set, and what was left out."""
+    """Return the prompts of every harmful set in every template, the benign set, the task test set,
+    and how many prompts were left out as too long."""
     from procon.chat import encode_prompt
 
     limit = config.eval_limit
