@@ -276,6 +276,7 @@ def run_grid(config_path: str, quick: bool = False, overrides: dict[str, Any] | 
 
     from procon.directions import Directions, extract_directions
     from procon.drift import measure_drift
+    from procon.grid_report import min_cos_over_epochs
     from procon.run import epoch_checkpoints, load_adapter, load_model, train
     from procon.toy.real import RealBuildConfig, build_real
 
@@ -359,7 +360,7 @@ def run_grid(config_path: str, quick: bool = False, overrides: dict[str, Any] | 
         results.append(result)
         logger.info("[%d/%d] %s: ASR mean %.3f, over-refusal %.3f, task %.3f, min drift cos %.3f (%.0f s)",
                     number, len(plan), rid, result["asr_mean"], result["over_refusal"], result["task_accuracy"],
-                    _min_cos(result["drift_cos"]), result["seconds"])
+                    min_cos_over_epochs(result["drift_cos"]), result["seconds"])
 
     from procon.grid_report import write_report
 
@@ -397,12 +398,6 @@ def _write_generations(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(lines))
 
 
-def _min_cos(rows: list[list[float]]) -> float:
-    from procon.drift import min_cos
-
-    return min_cos([c for row in rows for c in row])
-
-
 def _json_safe(value):
     from procon.directions import json_safe
 
@@ -420,10 +415,3 @@ def _commit() -> str | None:
     if head.returncode != 0:
         return None
     return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    if not finite:
-        return float("nan"), float("nan")
-    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)

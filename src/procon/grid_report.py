@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,10 +14,12 @@ from procon.report import format_markdown_table, plot_heatmap
 KEY_ROWS = ("vanilla", "safeinstr", "procon_wu_safe")
 
 
-def _mean_std(values):
-    from procon.grid import mean_std
-
-    return mean_std(values)
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Return the mean and sample standard deviation of the finite values (std 0 for one value)."""
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return float("nan"), float("nan")
+    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -25,7 +28,8 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
 
 
-def _min_cos(rows: list[list[float]]) -> float:
+def min_cos_over_epochs(rows: list[list[float]]) -> float:
+    """Return the lowest finite cosine over every layer and epoch of a run."""
     from procon.drift import min_cos
 
     return min_cos([c for row in rows for c in row])
@@ -44,7 +48,7 @@ def aggregate(runs: list[dict]) -> dict:
     row = {"n": len(runs)}
     for key in ("asr_mean", "over_refusal", "task_accuracy"):
         row[key] = _mean_std([r[key] for r in runs])
-    row["min_drift_cos"] = _mean_std([_min_cos(r["drift_cos"]) for r in runs])
+    row["min_drift_cos"] = _mean_std([min_cos_over_epochs(r["drift_cos"]) for r in runs])
     for key in runs[0]["asr"]:
         row[f"asr:{key}"] = _mean_std([r["asr"][key] for r in runs])
     return row
@@ -111,10 +115,10 @@ def claims(summary: dict, scenario: str = "attack") -> list[dict]:
     constrained = [r for r in summary["runs"] if r["scenario"] == scenario and r["method"] != "vanilla"
                    and r["layers"] != "last"]
     if vanilla and constrained:
-        v_asr, v_cos = _mean([r["asr_mean"] for r in vanilla]), _mean([_min_cos(r["drift_cos"]) for r in vanilla])
+        v_asr, v_cos = _mean([r["asr_mean"] for r in vanilla]), _mean([min_cos_over_epochs(r["drift_cos"]) for r in vanilla])
         by_row = group_runs(constrained)
         lower_asr = sum(_mean([r["asr_mean"] for r in rs]) < v_asr for rs in by_row.values())
-        less_drift = sum(_mean([_min_cos(r["drift_cos"]) for r in rs]) > v_cos for rs in by_row.values())
+        less_drift = sum(_mean([min_cos_over_epochs(r["drift_cos"]) for r in rs]) > v_cos for rs in by_row.values())
         total = len(by_row)
         verdict = _verdict(lower_asr + less_drift, 2 * total)
         out.append({"claim": "the constraint reduces drift and ASR", "verdict": verdict,
